@@ -1,0 +1,25 @@
+# The README's two commands. Both create .venv/ on first use (or when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdir/demo
+
+.PHONY: test demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -n 2 tests
+
+demo: $(VENV)/.installed
+	$(PY) -m itm_jax.demo --workdir=$(WORKDIR)
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/metrics_bench.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
