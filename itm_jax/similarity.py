@@ -6,13 +6,16 @@ Conventions follow ``shared/spec/losses.md``: images are rows, captions are colu
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 DISTANCES = ("cosine", "l1", "l2", "msd")
 
-# Peak elements of one [chunk, B, D] difference block in `pairwise_distances` (64 MiB of f32).
-_PAIRWISE_BLOCK_ELEMENTS = 1 << 24
+# Elements of one [chunk, B, D] difference block in `pairwise_distances` (8 MiB of f32): small
+# blocks stay in cache, which measured fastest on CPU for both passes.
+_PAIRWISE_BLOCK_ELEMENTS = 1 << 21
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
@@ -52,8 +55,8 @@ def pairwise_distances(x: jax.Array, delta: str, *, chunk_size: int | None = Non
       delta: ``"cosine"`` (``1 - x_n . x_m``), ``"l1"`` (``sum_d |x_nd - x_md|``), ``"l2"``
         (Euclidean, zero-safe sqrt) or ``"msd"`` (sum of squared differences).
       chunk_size: rows per block of the elementwise distances. The ``[chunk, B, D]`` difference
-        block is the peak memory, forward and backward (each block is rematerialised), instead
-        of ``[B, B, D]``. Default: the largest chunk with at most 2**24 elements per block.
+        block is the peak memory, forward and backward, instead of ``[B, B, D]``. Default: the
+        largest chunk with at most 2**21 elements per block.
 
     Returns:
       ``[B, B]`` distances, exactly 0 on the diagonal for l1/l2/msd.
@@ -70,14 +73,52 @@ def pairwise_distances(x: jax.Array, delta: str, *, chunk_size: int | None = Non
         chunk_size = max(1, min(b, _PAIRWISE_BLOCK_ELEMENTS // max(1, b * d)))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}.")
+    chunk_size = min(chunk_size, b)
+    if delta == "l1":
+        return _l1(x, chunk_size)
+    msd = _msd(x, chunk_size)
+    return safe_sqrt(msd) if delta == "l2" else msd
 
-    # Differences rather than the Gram-matrix identity: exact zeros on the diagonal and no
-    # cancellation, at the price of B^2 D elementwise work (memory stays bounded by chunking).
-    elementwise = jnp.abs if delta == "l1" else jnp.square
 
-    @jax.checkpoint
-    def row(xn):  # [D] -> [B]
-        return jnp.sum(elementwise(xn[None, :] - x), axis=-1)
+# Differences rather than the Gram-matrix identity: exact zeros on the diagonal and no
+# cancellation, at the price of B^2 D elementwise work with memory bounded by chunking. The
+# hand-written VJPs keep the backward pass chunked too, and are ~15x faster on CPU than
+# differentiating the [chunk, B, D] block (whose reductions XLA lowers poorly).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _l1(x, chunk_size):
+    row = lambda xn: jnp.sum(jnp.abs(xn - x), axis=-1)  # [D] -> [B]
+    return jax.lax.map(row, x, batch_size=chunk_size)
 
-    dist = jax.lax.map(row, x, batch_size=min(chunk_size, b))
-    return safe_sqrt(dist) if delta == "l2" else dist
+
+def _l1_fwd(x, chunk_size):
+    return _l1(x, chunk_size), x
+
+
+def _l1_bwd(chunk_size, x, g):
+    # d/dx_n of sum_nm g_nm |x_n - x_m| = sum_m (g_nm + g_mn) sign(x_n - x_m).
+    g_sym = g + g.T
+    row = lambda args: args[1] @ jnp.sign(args[0] - x)  # [B] @ [B, D] -> [D]
+    return (jax.lax.map(row, (x, g_sym), batch_size=chunk_size),)
+
+
+_l1.defvjp(_l1_fwd, _l1_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _msd(x, chunk_size):
+    row = lambda xn: jnp.sum(jnp.square(xn - x), axis=-1)  # [D] -> [B]
+    return jax.lax.map(row, x, batch_size=chunk_size)
+
+
+def _msd_fwd(x, chunk_size):
+    return _msd(x, chunk_size), x
+
+
+def _msd_bwd(chunk_size, x, g):
+    # d/dx_n of sum_nm g_nm ||x_n - x_m||^2 = 2 sum_m (g_nm + g_mn) (x_n - x_m): two matmuls.
+    del chunk_size
+    g_sym = g + g.T
+    return (2.0 * (g_sym.sum(axis=1, keepdims=True) * x - g_sym @ x),)
+
+
+_msd.defvjp(_msd_fwd, _msd_bwd)

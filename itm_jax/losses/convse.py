@@ -24,7 +24,7 @@ def _multi_positive_nll(logp: jax.Array, pos: jax.Array, axis: int) -> jax.Array
 
 
 def contrastive_sum_negatives(scores, *, tau: float = 0.1, positives=None, with_aux: bool = False):
-    """ConVSE loss l_CSN (ConVSE paper Eq. 6): InfoNCE over the batch in both directions.
+    """ConVSE loss l_CSN (ConVSE paper Eq. 6-8): InfoNCE over the batch in both directions.
 
     ``mean_i[-log softmax_j(S_ij / tau)[i]] + mean_j[-log softmax_i(S_ij / tau)[j]]``; the
     denominator includes the positive. With ``positives`` (several per row, e.g. from
@@ -50,7 +50,7 @@ def contrastive_sum_negatives(scores, *, tau: float = 0.1, positives=None, with_
 def contrastive_max_negative(
     scores, *, tau: float = 0.1, margin: float = 0.2, positives=None, with_aux: bool = False
 ):
-    """ConVSE++ loss l_CMN (ConVSE paper Eq. 7), hardest negative only.
+    """ConVSE++ loss l_CMN (ConVSE paper Eq. 12-14), hardest negative only.
 
     ``mean_i [(max_{j neg} S_ij + m - S_ii) / tau]_+ + mean_j [(max_{i neg} S_ij + m - S_jj)
     / tau]_+``. The authors' exp/log form equals this exactly, i.e. the MH loss averaged over

@@ -1,0 +1,127 @@
+"""A weighted sum of named losses over one batch of model outputs.
+
+Configs describe an objective as a list of ``{name, weight, **hyper-parameters}``
+(``config.losses``); combined objectives from the papers (CMPM + CMPC, instance + ranking,
+IMC) are such lists, not code paths. This module routes each loss to the model outputs it
+reads, so the losses themselves stay pure functions of arrays.
+
+Model outputs (a mapping; a loss only reads the keys it needs):
+  ``scores [B, B]``: image-caption similarities of the global batch.
+  ``img_emb, txt_emb [B, D]``: L2-normalised embeddings (IMC, MVN).
+  ``img_feat, txt_feat [B, D]``: raw features (CMPM, CMPC normalise inside).
+  ``labels [B]``: class / identity ids. ``cls_weight [D, C]``: the CMPC classifier.
+  ``img_logits, txt_logits [B, C]``: shared-classifier logits (instance loss).
+  ``s_i_toff, s_ioff_t, s_ioff_toff, s_itilde_ttilde [B]``: AOQ offline scores.
+  ``positives [B, B]`` (optional): bool mask, passed to every loss that takes one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from itm_jax import losses as L
+from itm_jax.similarity import l2_normalize
+
+_ARGUMENTS = {
+    "sum_of_hinges": ("scores",),
+    "max_of_hinges": ("scores",),
+    "dual_path_ranking": ("scores",),
+    "contrastive_sum_negatives": ("scores",),
+    "contrastive_max_negative": ("scores",),
+    "imc": ("scores", "img_emb", "txt_emb"),
+    "multimodal_nce": ("img_emb", "txt_emb"),
+    "cmpm": ("img_feat", "txt_feat", "labels"),
+    "cmpc": ("img_feat", "txt_feat", "labels", "cls_weight"),
+    "instance_loss": ("img_logits", "txt_logits", "labels"),
+    "aoq_loss": ("scores", "s_i_toff", "s_ioff_t", "s_ioff_toff", "s_itilde_ttilde"),
+}
+
+
+def outputs_from_features(
+    img_feat: jax.Array,
+    txt_feat: jax.Array,
+    *,
+    image_ids: jax.Array | None = None,
+    labels: jax.Array | None = None,
+    cls_weight: jax.Array | None = None,
+    cls_bias: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+    """Model outputs of a batch from the two branches' raw features ``[B, D]``.
+
+    Embeddings are the L2-normalised features and ``scores`` their cosine matrix.
+    ``image_ids [B]`` adds ``positives`` (two captions of one image are not negatives);
+    ``labels`` and a classifier ``cls_weight [D, C]`` (+ ``cls_bias [C]``) add the CMPC
+    weight and the shared-classifier logits.
+    """
+    img_emb, txt_emb = l2_normalize(img_feat), l2_normalize(txt_feat)
+    out = {
+        "img_feat": img_feat,
+        "txt_feat": txt_feat,
+        "img_emb": img_emb,
+        "txt_emb": txt_emb,
+        "scores": img_emb @ txt_emb.T,  # [B, B]
+    }
+    if image_ids is not None:
+        out["positives"] = L.positives_from_ids(image_ids, image_ids)
+    if labels is not None:
+        out["labels"] = labels
+    if cls_weight is not None:
+        bias = 0.0 if cls_bias is None else cls_bias
+        out["cls_weight"] = cls_weight
+        out["img_logits"] = img_feat @ cls_weight + bias  # [B, C]
+        out["txt_logits"] = txt_feat @ cls_weight + bias
+    return out
+
+
+def required_outputs(loss_specs: Sequence[Mapping]) -> set[str]:
+    """The model-output keys an objective reads (so a model computes only those)."""
+    return {key for spec in loss_specs for key in _ARGUMENTS[_name(spec)]}
+
+
+def _name(spec: Mapping) -> str:
+    name = spec.get("name")
+    L.get(name)  # an unknown name raises the ValueError listing the valid ones
+    return name
+
+
+def objective(
+    outputs: Mapping[str, jax.Array], loss_specs: Sequence[Mapping]
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``sum_k weight_k * loss_k(outputs)`` and each unweighted term by name.
+
+    Args:
+      outputs: model outputs of one global batch (keys above).
+      loss_specs: ``[{name, weight=1, label=name, **hyper-parameters}, ...]``; ``label`` names
+        the term in the returned metrics when one loss appears twice.
+
+    Returns:
+      ``(total, terms)`` with ``terms[label]`` the scalar value of each loss.
+    """
+    if not loss_specs:
+        raise ValueError("The objective needs at least one loss in config.losses.")
+    total, terms = jnp.zeros((), jnp.float32), {}
+    for spec in loss_specs:
+        spec = dict(spec)
+        name = _name(spec)
+        weight, label = spec.pop("weight", 1.0), spec.pop("label", name)
+        del spec["name"]
+        missing = [k for k in _ARGUMENTS[name] if k not in outputs]
+        if missing:
+            raise ValueError(f"Loss {name!r} needs model outputs {missing}; got {sorted(outputs)}.")
+        fn = L.get(name)
+        params = inspect.signature(fn).parameters
+        valid = [p for p, v in params.items() if v.kind is v.KEYWORD_ONLY and p != "with_aux"]
+        unknown = sorted(set(spec) - set(valid))
+        if unknown:
+            raise ValueError(f"Loss {name!r} has no hyper-parameter {unknown}; valid: {valid}.")
+        if "positives" in params and outputs.get("positives") is not None:
+            spec.setdefault("positives", outputs["positives"])
+        if label in terms:
+            raise ValueError(f"Two losses are labelled {label!r}; give each a distinct 'label'.")
+        terms[label] = fn(*(outputs[k] for k in _ARGUMENTS[name]), **spec)
+        total = total + weight * terms[label]
+    return total, terms
