@@ -1,0 +1,1 @@
+"""Captioned-image datasets: sources, tokenisation, pre-processing and Grain pipelines."""
