@@ -24,7 +24,8 @@ from itm_jax.objective import objective, outputs_from_features
 def _loss_fn(name: str):
     def f(img_feat, txt_feat, image_ids, cls_weight):
         out = outputs_from_features(
-            img_feat, txt_feat, image_ids=image_ids, labels=image_ids, cls_weight=cls_weight
+            img_feat, txt_feat, image_ids=image_ids, labels=image_ids, cls_weight=cls_weight,
+            img_logits=img_feat @ cls_weight, txt_logits=txt_feat @ cls_weight,
         )
         # AOQ's offline negatives, stood in for by shifted pairs of the batch.
         i, t = out["img_emb"], out["txt_emb"]

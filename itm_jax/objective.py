@@ -47,15 +47,14 @@ def outputs_from_features(
     *,
     image_ids: jax.Array | None = None,
     labels: jax.Array | None = None,
-    cls_weight: jax.Array | None = None,
-    cls_bias: jax.Array | None = None,
+    **extra: jax.Array,
 ) -> dict[str, jax.Array]:
-    """Model outputs of a batch from the two branches' raw features ``[B, D]``.
+    """Model outputs of a batch from the two branches' features ``[B, D]``.
 
     Embeddings are the L2-normalised features and ``scores`` their cosine matrix.
     ``image_ids [B]`` adds ``positives`` (two captions of one image are not negatives);
-    ``labels`` and a classifier ``cls_weight [D, C]`` (+ ``cls_bias [C]``) add the CMPC
-    weight and the shared-classifier logits.
+    ``labels [B]`` the class ids; ``extra`` (e.g. ``img_logits``, ``cls_weight``, AOQ's offline
+    scores) is passed through.
     """
     img_emb, txt_emb = l2_normalize(img_feat), l2_normalize(txt_feat)
     out = {
@@ -64,16 +63,12 @@ def outputs_from_features(
         "img_emb": img_emb,
         "txt_emb": txt_emb,
         "scores": img_emb @ txt_emb.T,  # [B, B]
+        **extra,
     }
     if image_ids is not None:
         out["positives"] = L.positives_from_ids(image_ids, image_ids)
     if labels is not None:
         out["labels"] = labels
-    if cls_weight is not None:
-        bias = 0.0 if cls_bias is None else cls_bias
-        out["cls_weight"] = cls_weight
-        out["img_logits"] = img_feat @ cls_weight + bias  # [B, C]
-        out["txt_logits"] = txt_feat @ cls_weight + bias
     return out
 
 

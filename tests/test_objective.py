@@ -11,7 +11,9 @@ def _outputs(b=6, d=4, c=3):
     img, txt = rng.normal(size=(2, b, d)).astype(np.float32)
     ids = np.array([0, 0, 1, 2, 2, 2])[:b]
     w = rng.normal(size=(d, c)).astype(np.float32)
-    return outputs_from_features(img, txt, image_ids=ids, labels=ids, cls_weight=w)
+    return outputs_from_features(
+        img, txt, image_ids=ids, labels=ids, cls_weight=w, img_logits=img @ w, txt_logits=txt @ w
+    )
 
 
 def test_every_registered_loss_is_routed():
@@ -40,7 +42,7 @@ def test_outputs_are_normalised_cosine_scores():
     out = _outputs()
     np.testing.assert_allclose(jnp.linalg.norm(out["img_emb"], axis=1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(out["scores"], out["img_emb"] @ out["txt_emb"].T, rtol=1e-6)
-    np.testing.assert_allclose(out["img_logits"], out["img_feat"] @ out["cls_weight"], rtol=1e-6)
+    np.testing.assert_array_equal(out["positives"], np.equal.outer(*[[0, 0, 1, 2, 2, 2]] * 2))
 
 
 def test_required_outputs():

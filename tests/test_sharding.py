@@ -15,7 +15,8 @@ B, D, C = 16, 8, 6
 
 
 def _loss(name, img, txt, image_ids, w):
-    out = outputs_from_features(img, txt, image_ids=image_ids, labels=image_ids, cls_weight=w)
+    out = outputs_from_features(img, txt, image_ids=image_ids, labels=image_ids, cls_weight=w,
+                                img_logits=img @ w, txt_logits=txt @ w)
     # AOQ's offline items, stood in for by other pairs of the batch.
     i, t = out["img_emb"], out["txt_emb"]
     pair = lambda a, b: jnp.sum(a * b, axis=1)

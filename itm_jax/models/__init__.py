@@ -1,0 +1,21 @@
+"""Image and text encoders (Flax NNX)."""
+
+from itm_jax.models.image import ImageEncoder as ImageEncoder
+from itm_jax.models.image import PrecompProjection as PrecompProjection
+from itm_jax.models.image import SmallCNN as SmallCNN
+from itm_jax.models.mobilenet import MobileNetV1 as MobileNetV1
+from itm_jax.models.pretrained import load_keras_mobilenet as load_keras_mobilenet
+from itm_jax.models.pretrained import load_torchvision_resnet as load_torchvision_resnet
+from itm_jax.models.resnet import ResNet as ResNet
+from itm_jax.models.resnet import resnet50 as resnet50
+from itm_jax.models.resnet import resnet152 as resnet152
+from itm_jax.models.heads import ConVSEHead as ConVSEHead
+from itm_jax.models.heads import NormClassifier as NormClassifier
+from itm_jax.models.heads import ProjectionHead1x1 as ProjectionHead1x1
+from itm_jax.models.heads import SharedClassifier as SharedClassifier
+from itm_jax.models.text import PAPER_BLOCKS as PAPER_BLOCKS
+from itm_jax.models.text import BiLSTMTextEncoder as BiLSTMTextEncoder
+from itm_jax.models.text import GRUTextEncoder as GRUTextEncoder
+from itm_jax.models.text import TextBlock as TextBlock
+from itm_jax.models.text import TextCNN as TextCNN
+from itm_jax.models.text import position_shift as position_shift

@@ -1,0 +1,211 @@
+"""Heads: ConVSE MLP, dual-path shared classifier, CMPC weight, CMPM 1x1-conv + BatchNorm."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from itm_jax.losses import cmpc, instance_loss
+from itm_jax.models.heads import ConVSEHead, NormClassifier, ProjectionHead1x1, SharedClassifier
+
+B, D, C = 6, 10, 7
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _skip_xla_optimizations():
+    """These tiny models compile far longer than they run (every initialiser and step is an XLA
+    program), so XLA's optimisation passes are skipped, as the Flax ImageNet example's test
+    does. The setting is part of JAX's compilation cache key and is restored afterwards."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def features(seed, shape=(B, D)):
+    return jax.random.normal(jax.random.key(seed), shape)
+
+
+def param_paths(module):
+    return {path: v.shape for path, v in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+
+
+# ---------------------------------------------------------------- ConVSE head
+
+
+def test_convse_head_layers_match_the_paper():
+    head = nnx.eval_shape(lambda: ConVSEHead(rngs=nnx.Rngs(0)))
+    assert param_paths(head) == {
+        ("fc1", "kernel"): (1024, 2048),  # no bias on the first layer
+        ("fc2", "kernel"): (2048, 1024),
+        ("fc2", "bias"): (1024,),
+    }
+    assert nnx.eval_shape(lambda: ConVSEHead(rngs=nnx.Rngs(0))(jnp.ones((3, 1024)))).shape == (
+        3,
+        1024,
+    )
+
+
+def test_convse_head_computes_relu_mlp_and_out_dim():
+    head = ConVSEHead(D, 16, out_dim=5, rngs=nnx.Rngs(0))
+    x = features(1)
+    ref = jax.nn.relu(x @ head.fc1.kernel[...]) @ head.fc2.kernel[...] + head.fc2.bias[...]
+    np.testing.assert_allclose(head(x), ref, rtol=1e-5, atol=1e-6)
+    assert head(x).shape == (B, 5) and head.out_dim == 5
+    np.testing.assert_array_equal(head.fc2.bias[...], 0.0)
+
+
+def test_convse_heads_are_one_per_modality():
+    rngs = nnx.Rngs(0)
+    img_head, txt_head = ConVSEHead(D, 16, rngs=rngs), ConVSEHead(D, 16, rngs=rngs)
+    assert not np.allclose(img_head.fc1.kernel[...], txt_head.fc1.kernel[...])
+    x = features(2)
+    grads = nnx.grad(lambda h: jnp.sum(h(x) ** 2))(img_head)
+    for path, g in nnx.to_flat_state(grads):
+        assert np.abs(np.asarray(g[...])).max() > 0, path
+
+
+# ---------------------------------------------------------------- shared classifier
+
+
+def test_shared_classifier_is_one_linear_layer():
+    clf = SharedClassifier(D, C, rngs=nnx.Rngs(0))
+    assert param_paths(clf) == {("weight",): (D, C), ("bias",): (C,)}
+    clf.bias[...] = jnp.arange(C, dtype=jnp.float32)
+    x = features(1)
+    np.testing.assert_allclose(clf(x), x @ clf.weight[...] + jnp.arange(C), rtol=1e-5, atol=1e-5)
+    coco = SharedClassifier(D, C, use_bias=False, rngs=nnx.Rngs(0))  # the authors' COCO network
+    assert param_paths(coco) == {("weight",): (D, C)} and coco.bias is None
+    np.testing.assert_allclose(coco(x), x @ coco.weight[...], rtol=1e-5, atol=1e-5)
+
+
+def test_shared_classifier_gradient_sums_both_branches_into_one_weight():
+    clf = SharedClassifier(D, C, rngs=nnx.Rngs(0))
+    img, txt = features(1), features(2)
+    labels = jnp.arange(B) % C
+
+    def loss(clf, img, txt):
+        return instance_loss(clf(img), clf(txt), labels)
+
+    both = nnx.grad(loss)(clf, img, txt)
+    # The same classifier seen by one branch at a time (the other branch's logits fixed).
+    img_only = nnx.grad(lambda c: instance_loss(c(img), jax.lax.stop_gradient(c(txt)), labels))(clf)
+    txt_only = nnx.grad(lambda c: instance_loss(jax.lax.stop_gradient(c(img)), c(txt), labels))(clf)
+    for name in ("weight", "bias"):
+        g_both = np.asarray(both[name][...])
+        g_img, g_txt = np.asarray(img_only[name][...]), np.asarray(txt_only[name][...])
+        assert np.abs(g_img).max() > 0 and np.abs(g_txt).max() > 0
+        np.testing.assert_allclose(g_both, g_img + g_txt, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- CMPC classifier
+
+
+def test_norm_classifier_holds_the_raw_bias_free_weight_cmpc_normalises():
+    clf = NormClassifier(D, C, rngs=nnx.Rngs(0))
+    assert param_paths(clf) == {("weight",): (D, C)}
+    norms = np.linalg.norm(np.asarray(clf.weight[...]), axis=0)
+    assert not np.allclose(norms, 1.0)  # the module does not normalise its columns
+    x, z, labels = features(1), features(2), jnp.arange(B) % C
+    scales = jnp.linspace(0.5, 3.0, C)
+    np.testing.assert_allclose(
+        cmpc(x, z, labels, clf.weight), cmpc(x, z, labels, clf.weight[...] * scales), rtol=1e-5
+    )
+    grad = nnx.grad(lambda c: cmpc(x, z, labels, c.weight))(clf)
+    g = np.asarray(grad["weight"][...])
+    assert np.isfinite(g).all() and np.abs(g).max() > 0
+    # Through the column normalisation: no component along each (raw) column.
+    np.testing.assert_allclose(np.sum(g * np.asarray(clf.weight[...]), axis=0), 0.0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- CMPM projection head
+
+
+def test_projection_head_is_bias_free_1x1_conv_then_batchnorm():
+    head = ProjectionHead1x1(D, 4, rngs=nnx.Rngs(0))
+    assert param_paths(head) == {
+        ("proj", "kernel"): (D, 4),
+        ("bn", "scale"): (4,),
+        ("bn", "bias"): (4,),
+    }
+    # A 1x1 convolution on the [B, 1, 1, D] pooled map is the same map as the Linear.
+    x = features(1)
+    conv = jax.lax.conv_general_dilated(
+        x[:, None, None, :],
+        head.proj.kernel[...][None, None],
+        (1, 1),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )[:, 0, 0]
+    np.testing.assert_allclose(head.proj(x), conv, rtol=1e-5, atol=1e-5)
+    out = head(x)  # training mode: batch statistics, no activation
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(out.var(axis=0), 1.0, rtol=1e-3)
+    assert (np.asarray(out) < 0).any()
+
+
+def test_projection_head_tracks_running_statistics_for_eval():
+    head = ProjectionHead1x1(D, 4, momentum=0.5, rngs=nnx.Rngs(0))
+    x = features(1) * 3.0 + 1.0
+    head(x)
+    h = x @ head.proj.kernel[...]
+    np.testing.assert_allclose(head.bn.mean[...], 0.5 * h.mean(axis=0), rtol=1e-5, atol=1e-6)
+    head.eval()
+    mean, var = head.bn.mean[...], head.bn.var[...]
+    np.testing.assert_allclose(head(x), (h - mean) / jnp.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
+
+
+def test_heads_under_jit_with_split_and_merge():
+    heads = nnx.List(
+        [
+            ConVSEHead(D, 16, rngs=nnx.Rngs(0)),
+            SharedClassifier(D, C, rngs=nnx.Rngs(1)),
+            ProjectionHead1x1(D, 4, rngs=nnx.Rngs(2)),
+        ]
+    )
+    x = features(3)
+    graphdef, state = nnx.split(heads)
+
+    @jax.jit
+    def apply(state, x):
+        heads = nnx.merge(graphdef, state)
+        return [h(x) for h in heads], nnx.state(heads)
+
+    outs, new_state = apply(state, x)
+    for h, out in zip(heads, outs, strict=True):
+        np.testing.assert_allclose(out, h(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(  # the BatchNorm update came back out of jit
+        new_state[2]["bn"]["mean"][...], heads[2].bn.mean[...], rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ConVSEHead(D, 16, rngs=nnx.Rngs(0)),
+        lambda: SharedClassifier(D, C, rngs=nnx.Rngs(0)),
+        lambda: ProjectionHead1x1(D, 4, rngs=nnx.Rngs(0)),
+    ],
+)
+@pytest.mark.parametrize("shape", [(B, D + 1), (B,), (2, B, D)])
+def test_heads_reject_features_of_the_wrong_shape(make, shape):
+    with pytest.raises(ValueError, match=rf"features \[B, {D}\]"):
+        make()(jnp.ones(shape))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ConVSEHead(0, 16, rngs=nnx.Rngs(0)),
+        lambda: ConVSEHead(D, 16, out_dim=0, rngs=nnx.Rngs(0)),
+        lambda: SharedClassifier(D, 0, rngs=nnx.Rngs(0)),
+        lambda: NormClassifier(-1, C, rngs=nnx.Rngs(0)),
+        lambda: ProjectionHead1x1(D, 0, rngs=nnx.Rngs(0)),
+    ],
+)
+def test_heads_reject_non_positive_sizes(make):
+    with pytest.raises(ValueError, match="positive integers"):
+        make()
