@@ -1,0 +1,367 @@
+"""Training and evaluation: ``train_and_evaluate(config, workdir)``.
+
+One ``jax.jit`` train step over a device ``Mesh`` with a ``data`` axis spanning every device of
+every process: the batch is sharded along it, parameters and optimiser state are replicated.
+The model embeds the local rows; the score matrix ``img @ txt.T`` inside the step is the
+*global* one (XLA gathers the columns), so every loss sees the same objective on 1 or 1000
+devices. The old state is donated. A non-finite loss leaves the state untouched and stops the
+run with the step and the loss terms, keeping the last good checkpoint.
+
+Resume order: the latest checkpoint in ``workdir/checkpoints`` (params, optimiser state, step,
+RNG state and the data iterator), else a fresh start. Stages (``config.stages``) run one after
+another, each with its own optimiser (the papers restart the optimiser with a new learning rate
+when they unfreeze a backbone or add a loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from itm_jax import checkpointing, evaluation
+from itm_jax.data import pipeline
+from itm_jax.data.datasets import get_sources, image_dim
+from itm_jax.data.vocab import Vocabulary, build_vocab_for
+from itm_jax.metric_writer import MetricWriter, Progress
+from itm_jax.models.dual_encoder import DualEncoder, build_dual_encoder
+from itm_jax.objective import objective, outputs_from_features
+
+# Batch fields the model and the objective read; the rest stays on the host.
+_MODEL_KEYS = ("image", "image_feat", "tokens", "length", "image_id", "label")
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 []
+    params: Any  # nnx.State of nnx.Param
+    rest: Any  # nnx.State of everything else (BatchNorm statistics, RNG counters)
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One training stage: ``[start, end)`` steps with its optimiser and loss weights."""
+
+    index: int
+    start: int
+    end: int
+    learning_rate: float
+    freeze: str
+    freeze_backbone: bool
+    losses: tuple[Mapping[str, Any], ...]
+
+
+def make_mesh(config) -> Mesh:
+    """``data`` axis over all devices of all processes (``config.mesh.data = -1``)."""
+    n = config.mesh.data if config.mesh.data > 0 else jax.device_count()
+    # Auto axes: XLA places the gathers (e.g. the score matrix's columns), not our code.
+    return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n],
+                         axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def steps_per_epoch(config, num_captions: int) -> int:
+    return max(1, num_captions // config.batch_size)
+
+
+def to_steps(value: Mapping[str, Any], spe: int, *, prefix: str = "") -> int:
+    """``{prefix}steps`` if >= 0, else ``{prefix}epochs * steps_per_epoch``."""
+    steps = value.get(f"{prefix}steps", -1)
+    return int(steps) if steps is not None and steps >= 0 else int(round(value[f"{prefix}epochs"] * spe))
+
+
+def make_stages(config, spe: int) -> list[Stage]:
+    """``config.stages`` (or one stage from the top-level fields) as step ranges."""
+    specs = list(config.stages) or [{}]
+    stages, start = [], 0
+    for i, spec in enumerate(specs):
+        duration = to_steps(spec if ("steps" in spec or "epochs" in spec) else
+                            {"steps": config.num_steps, "epochs": config.num_epochs}, spe)
+        weights = dict(spec.get("loss_weights", {}))
+        losses = []
+        for loss in config.losses:
+            loss = dict(loss)
+            label = loss.get("label", loss["name"])
+            loss["weight"] = weights.pop(label, loss.get("weight", 1.0))
+            if loss["weight"] != 0:
+                losses.append(loss)
+        if weights:
+            raise ValueError(f"stages[{i}].loss_weights names unknown losses {sorted(weights)}.")
+        stages.append(Stage(
+            index=i, start=start, end=start + duration,
+            learning_rate=spec.get("learning_rate", config.optim.learning_rate),
+            freeze=spec.get("freeze", config.optim.freeze),
+            freeze_backbone=spec.get("freeze_backbone", config.model.freeze_backbone),
+            losses=tuple(losses),
+        ))
+        start += duration
+    return stages
+
+
+def param_labels(params, freeze: str):
+    """``"frozen"`` for parameters whose dotted path matches the ``freeze`` regex."""
+    pattern = re.compile(freeze) if freeze else None
+
+    def label(path, _):
+        name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        return "frozen" if pattern is not None and pattern.search(name) else "train"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(config, stage: Stage, spe: int, params):
+    """Adam (or SGD-momentum) with x``lr_decay_factor`` every ``lr_decay_epochs``, clipping.
+
+    Returns ``(tx, schedule)``; the schedule counts steps from the start of the stage.
+    """
+    o = config.optim
+    decay_steps = max(1, to_steps(o, spe, prefix="lr_decay_"))
+    lr = optax.exponential_decay(stage.learning_rate, decay_steps, o.lr_decay_factor,
+                                 staircase=True)
+    if o.name == "adam":
+        opt = optax.adamw(lr, weight_decay=o.weight_decay) if o.weight_decay else optax.adam(lr)
+    elif o.name == "sgd":
+        opt = optax.chain(optax.add_decayed_weights(o.weight_decay),
+                          optax.sgd(lr, momentum=o.momentum))
+    else:
+        raise ValueError(f"Unknown optim.name={o.name!r}; valid: adam, sgd.")
+    if o.grad_clip > 0:
+        opt = optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
+    tx = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()},
+                               param_labels(params, stage.freeze))
+    return tx, lr
+
+
+def model_outputs(model: DualEncoder, batch: Mapping[str, jax.Array], use_id_positives: bool):
+    out = model(batch)
+    return outputs_from_features(
+        out.pop("img_feat"), out.pop("txt_feat"),
+        image_ids=batch["image_id"] if use_id_positives else None,
+        labels=batch.get("label"), **out,
+    )
+
+
+def train_step(state: TrainState, batch, *, graphdef, tx, losses, use_id_positives):
+    """One optimisation step; returns ``(state, metrics, finite)``."""
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params, state.rest)
+        total, terms = objective(model_outputs(model, batch, use_id_positives), losses)
+        return total, (terms, nnx.state(model, nnx.Not(nnx.Param)))
+
+    (loss, (terms, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss)
+    new = TrainState(step=state.step + 1, params=params, rest=rest, opt_state=opt_state)
+    # A non-finite loss must not reach the parameters: keep the last good state.
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    metrics = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
+               "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params)}
+    return new, metrics, finite
+
+
+def protocol_metrics(img, cap, cap_to_img, protocol: str) -> dict[str, float]:
+    """Test metrics of a dataset's protocol.
+
+    ``all``: every image and caption at once (Flickr30K 1K, validation). ``coco``: the 5-fold
+    1K average (``1k/...``) and the full 5K set (``5k/...``). ``t2i``: text-to-image only
+    (CUHK-PEDES reports R@1/R@10 of caption queries).
+    """
+    if protocol == "all":
+        return evaluation.recall_metrics(img, cap, cap_to_img=cap_to_img)
+    if protocol == "coco":
+        folds = evaluation.coco_1k_5fold(img, cap)
+        full = evaluation.recall_metrics(img, cap, cap_to_img=cap_to_img)
+        return {**{f"1k/{k}": v for k, v in folds.items()}, **{f"5k/{k}": v for k, v in full.items()},
+                "rsum": folds["rsum"]}
+    if protocol == "t2i":
+        t2i = evaluation.t2i(img, cap, cap_to_img=cap_to_img)
+        return {f"t2i_{k}": float(v) for k, v in t2i.items() if k != "ranks"} | {
+            "rsum": t2i["r1"] + t2i["r5"] + t2i["r10"]}
+    raise ValueError(f"Unknown eval_protocol={protocol!r}; valid: all, coco, t2i.")
+
+
+class Trainer:
+    """Builds data, model and step functions from a config; runs and resumes training."""
+
+    def __init__(self, config, workdir: str | pathlib.Path):
+        self.config, self.workdir = config, pathlib.Path(workdir)
+        self.mesh = make_mesh(config)
+        self.repl = NamedSharding(self.mesh, P())
+        self.rows = NamedSharding(self.mesh, P("data"))
+        self.sources = get_sources(config.data)
+        self.vocab = self._vocab()
+        train = self.sources["train"]
+        self.spe = steps_per_epoch(config, train.num_captions)
+        self.stages = make_stages(config, self.spe)
+        self.num_steps = self.stages[-1].end
+        self.tokenize = functools.partial(self.vocab.encode, max_len=config.data.max_len)
+        self.model = build_dual_encoder(
+            config.model, vocab_size=len(self.vocab), num_classes=train.num_images,
+            image_dim=image_dim(train), rngs=nnx.Rngs(config.seed),
+        )
+        self.ckpt = checkpointing.Checkpoints(self.workdir / "checkpoints",
+                                              keep=config.keep_checkpoints)
+
+    def _vocab(self) -> Vocabulary:
+        path = self.workdir / "vocab.json"
+        if path.exists():
+            return Vocabulary.load(path)
+        vocab = build_vocab_for(self.sources["train"], threshold=self.config.data.vocab_threshold)
+        if jax.process_index() == 0:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            vocab.save(path)
+        return vocab
+
+    # ----- state -------------------------------------------------------------------------
+    def _split(self, stage: Stage, *, train: bool):
+        if hasattr(self.model.image_encoder, "freeze_backbone"):
+            self.model.image_encoder.freeze_backbone = stage.freeze_backbone
+        self.model.train() if train else self.model.eval()
+        return nnx.split(self.model, nnx.Param, ...)
+
+    def init_state(self, stage: Stage, tx) -> TrainState:
+        _, params, rest = self._split(stage, train=True)
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                           opt_state=tx.init(params))
+        return jax.device_put(state, self.repl)
+
+    def global_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {k: jax.make_array_from_process_local_data(self.rows, np.asarray(v))
+                for k, v in batch.items() if k in _MODEL_KEYS}
+
+    def loader(self):
+        return pipeline.train_loader(self.sources["train"], global_batch_size=self.config.batch_size,
+                                     seed=self.config.seed, tokenize=self.tokenize)
+
+    # ----- evaluation ----------------------------------------------------------------------
+    def embed(self, params, rest, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``[N, D]`` image and ``[M, D]`` caption outputs of a split, index order."""
+        graphdef, _, _ = self._split(self.stages[-1], train=False)
+        src, bs = self.sources[split], self.config.eval_batch_size
+
+        @functools.partial(jax.jit, static_argnums=0, out_shardings=self.repl)
+        def run(kind, params, rest, batch):
+            model = nnx.merge(graphdef, params, rest)
+            return model.embed_images(batch) if kind == "images" else model.embed_captions(batch)
+
+        out = {}
+        for kind in ("images", "captions"):
+            rows = []
+            for batch in pipeline.eval_batches(src, batch_size=bs, kind=kind,
+                                               tokenize=self.tokenize):
+                mask = jax.make_array_from_process_local_data(self.rows, batch["mask"])
+                emb = run(kind, params, rest, self.global_batch(batch))
+                rows.append(np.asarray(emb)[np.asarray(jax.device_get(mask))])
+            out[kind] = np.concatenate(rows)
+        return out["images"], out["captions"]
+
+    def evaluate(self, params, rest, split: str = "val") -> dict[str, float]:
+        img, cap = self.embed(params, rest, split)
+        src = self.sources[split]
+        protocol = self.config.eval_protocol if split == "test" else "all"
+        return protocol_metrics(img, cap, src.cap_to_img, protocol)
+
+    # ----- training ------------------------------------------------------------------------
+    def train(self) -> TrainState:
+        c = self.config
+        state, it = None, iter(self.loader())
+        restored = self.ckpt.latest_step()
+        with MetricWriter(self.workdir) as writer:
+            for stage in self.stages:
+                if restored is not None and restored >= stage.end:
+                    continue
+                graphdef, params, _ = self._split(stage, train=True)
+                tx, schedule = make_optimizer(c, stage, self.spe, params)
+                fresh = self.init_state(stage, tx)
+                if restored is not None and restored >= stage.start and state is None:
+                    state = self.ckpt.restore(restored, fresh, it)
+                elif state is not None:  # next stage: new optimiser on the trained weights
+                    state = fresh.replace(step=state.step, params=state.params, rest=state.rest,
+                                          opt_state=jax.device_put(tx.init(state.params), self.repl))
+                else:
+                    state = fresh
+                state = self._run_stage(stage, state, it, graphdef, tx, schedule, writer)
+        return state
+
+    def _run_stage(self, stage, state, it, graphdef, tx, schedule, writer) -> TrainState:
+        c = self.config
+        step_fn = jax.jit(
+            functools.partial(train_step, graphdef=graphdef, tx=tx, losses=stage.losses,
+                              use_id_positives=c.use_id_positives),
+            in_shardings=(self.repl, self.rows), out_shardings=(self.repl, self.repl, self.repl),
+            donate_argnums=0,
+        )
+        step = int(state.step)
+        progress = Progress(self.num_steps, start=step, every=c.log_every,
+                            desc=f"stage {stage.index}")
+        pending = None  # the previous step's (step, metrics, finite), checked one step late
+        try:
+            while step < stage.end:
+                batch = self.global_batch(next(it))
+                state, metrics, finite = step_fn(state, batch)
+                if pending is not None:
+                    self._check_finite(*pending)
+                step += 1
+                pending = (step, metrics, finite)
+                if step % c.log_every == 0 or step == stage.end:
+                    self._check_finite(*pending)
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    lr = float(schedule(step - 1 - stage.start))
+                    writer.write(step, {**values, "lr": lr, "stage": stage.index})
+                    progress.update(step, {"loss": values["loss"]})
+                if (step % c.eval_every == 0 or step == self.num_steps) and c.eval_every > 0:
+                    self._validate(step, state, writer)
+                if step % c.checkpoint_every == 0 or step == stage.end:
+                    self._check_finite(*pending)
+                    self.ckpt.save(step, state, it)
+            self._check_finite(*pending) if pending else None
+        finally:
+            progress.close()
+        return state
+
+    @staticmethod
+    def _check_finite(step, metrics, finite):
+        if not bool(finite):
+            terms = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            raise FloatingPointError(
+                f"Non-finite loss at step {step}: {terms}. The update was not applied and the "
+                "last good checkpoint is kept; lower the learning rate, check the inputs, or "
+                "raise the temperature/epsilon of the loss."
+            )
+
+    def _validate(self, step, state, writer):
+        metrics = self.evaluate(state.params, state.rest, "val")
+        writer.write(step, {f"val/{k}": v for k, v in metrics.items()})
+        self.ckpt.save_best(step, state, metrics["rsum"])
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, float]:
+    """Trains (resuming from ``workdir``), then evaluates the best checkpoint on the test split.
+
+    Returns the test metrics (also written to ``workdir/test_metrics.json``).
+    """
+    workdir = pathlib.Path(workdir)
+    trainer = Trainer(config, workdir)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    state = trainer.train()
+    params, rest = trainer.ckpt.restore_best(state) if config.eval_every > 0 else (state.params, state.rest)
+    metrics = trainer.evaluate(params, rest, "test")
+    if jax.process_index() == 0:
+        (workdir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        with MetricWriter(workdir) as writer:
+            writer.write(int(state.step), {f"test/{k}": v for k, v in metrics.items()})
+    return metrics
