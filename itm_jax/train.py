@@ -168,7 +168,7 @@ def train_step(state: TrainState, batch, *, graphdef, tx, losses, use_id_positiv
     # A non-finite loss must not reach the parameters: keep the last good state.
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     metrics = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
-               "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params)}
+               "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
     return new, metrics, finite
 
 
@@ -322,7 +322,7 @@ class Trainer:
                     lr = float(schedule(step - 1 - stage.start))
                     writer.write(step, {**values, "lr": lr, "stage": stage.index})
                     progress.update(step, {"loss": values["loss"]})
-                if (step % c.eval_every == 0 or step == self.num_steps) and c.eval_every > 0:
+                if c.eval_every > 0 and (step % c.eval_every == 0 or step == self.num_steps):
                     self._validate(step, state, writer)
                 if step % c.checkpoint_every == 0 or step == stage.end:
                     self._check_finite(*pending)

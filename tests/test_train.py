@@ -1,0 +1,134 @@
+"""Training system: sharded parity, resume, overrides, non-finite losses, stages."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from itm_jax import train
+from train_utils import ROOT, assert_same_params, flat_params, load_config
+
+LOSSES = {
+    "mh": [{"name": "max_of_hinges", "margin": 0.2}],
+    "imc": [{"name": "imc", "delta": "l1", "margin": 0.2}],
+    "convse": [{"name": "contrastive_sum_negatives", "tau": 0.1}],
+}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    # One synthetic cache for the session: generating it is the slow part of a smoke run.
+    monkeypatch.setenv("ITM_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _config(steps=3, devices=1, losses="mh", **overrides):
+    c = load_config()
+    c.num_steps = steps
+    c.mesh.data = devices
+    c.eval_every = 0
+    c.checkpoint_every = 100
+    c.losses = LOSSES[losses]
+    for k, v in overrides.items():
+        setattr(c, k, v)
+    return c
+
+
+@pytest.mark.parametrize("losses", sorted(LOSSES))
+def test_four_devices_match_one(tmp_path, losses):
+    one = train.Trainer(_config(devices=1, losses=losses), tmp_path / "one").train()
+    four = train.Trainer(_config(devices=4, losses=losses), tmp_path / "four").train()
+    assert int(four.step) == 3
+    assert next(iter(jax.tree.leaves(four.params))).sharding.num_devices == 4
+    assert_same_params(one, four)
+    # The run moved the parameters (a test of nothing would pass too).
+    init = train.Trainer(_config(steps=0, devices=1, losses=losses), tmp_path / "zero")
+    init_params = flat_params(init.init_state(init.stages[0], train.make_optimizer(
+        init.config, init.stages[0], init.spe, init._split(init.stages[0], train=True)[1])[0]))
+    moved = [np.abs(v - init_params[k]).max() for k, v in flat_params(one).items()]
+    assert max(moved) > 1e-5
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    full = train.Trainer(_config(steps=6), tmp_path / "full").train()
+    train.Trainer(_config(steps=3, checkpoint_every=3), tmp_path / "resumed").train()
+    # A kill during the write of a later checkpoint leaves only orbax's temporary directory.
+    partial = tmp_path / "resumed" / "checkpoints" / "5.orbax-checkpoint-tmp-1700000000"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "_METADATA").write_text("{trunc")
+    resumed_trainer = train.Trainer(_config(steps=6, checkpoint_every=3), tmp_path / "resumed")
+    assert resumed_trainer.ckpt.latest_step() == 3
+    resumed = resumed_trainer.train()
+    assert int(resumed.step) == 6
+    assert_same_params(full, resumed, rtol=1e-6, atol=1e-7)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    train.Trainer(_config(steps=2, checkpoint_every=2), tmp_path).train()
+    c = _config(steps=4, checkpoint_every=1)
+    c.losses = [{"name": "max_of_hinges", "margin": float("nan")}]
+    trainer = train.Trainer(c, tmp_path)
+    with pytest.raises(FloatingPointError, match="Non-finite loss at step 3"):
+        trainer.train()
+    assert trainer.ckpt.latest_step() == 2
+    good = train.Trainer(_config(steps=2), tmp_path)
+    stage = good.stages[0]
+    tx, _ = train.make_optimizer(good.config, stage, good.spe, good._split(stage, train=True)[1])
+    restored = good.ckpt.restore(2, good.init_state(stage, tx), iter(good.loader()))
+    assert all(np.isfinite(v).all() for v in flat_params(restored).values())
+
+
+def test_stages_switch_weights_and_freeze(tmp_path):
+    c = _config(steps=-1)
+    c.losses = [{"name": "max_of_hinges", "margin": 0.2}, {"name": "sum_of_hinges", "weight": 0.0}]
+    c.stages = [
+        {"steps": 2, "freeze": "text_encoder"},
+        {"steps": 2, "learning_rate": 1e-3, "loss_weights": {"sum_of_hinges": 0.5}},
+    ]
+    trainer = train.Trainer(c, tmp_path)
+    s0, s1 = trainer.stages
+    assert (s0.start, s0.end, s1.start, s1.end) == (0, 2, 2, 4)
+    assert [l["name"] for l in s0.losses] == ["max_of_hinges"]
+    assert [(l["name"], l["weight"]) for l in s1.losses] == [("max_of_hinges", 1.0),
+                                                             ("sum_of_hinges", 0.5)]
+    _, params, _ = trainer._split(s0, train=True)
+    before = flat_params(train.TrainState(0, params, None, None))
+    tx, _ = train.make_optimizer(c, s0, trainer.spe, params)
+    after = trainer._run_stage(s0, trainer.init_state(s0, tx), iter(trainer.loader()),
+                               trainer._split(s0, train=True)[0], tx, lambda s: 0.0,
+                               train.MetricWriter(tmp_path, enabled=False))
+    after = flat_params(after)
+    text = [k for k in before if "text_encoder" in k]
+    image = [k for k in before if "image_encoder" in k]
+    assert text and image
+    assert all(np.array_equal(before[k], after[k]) for k in text)
+    assert any(not np.array_equal(before[k], after[k]) for k in image)
+    with pytest.raises(ValueError, match="unknown losses"):
+        c.stages[1]["loss_weights"] = {"cmpm": 1.0}
+        train.make_stages(c, 10)
+
+
+def _main(tmp_path, *overrides):
+    env = {**os.environ, "ITM_JAX_CACHE": os.environ["ITM_JAX_CACHE"], "XLA_FLAGS": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "itm_jax.main", "--config=configs/default.py:smoke",
+         f"--workdir={tmp_path}", *overrides],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_cli_override_reaches_the_loss_and_typos_fail(tmp_path):
+    run = _main(tmp_path / "ok", "--config.losses.0.margin=0.5", "--config.num_steps=2",
+                "--config.eval_every=2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    assert config["losses"][0]["margin"] == 0.5
+    stage = train.make_stages(load_config().__class__(config), 10)[0]
+    assert stage.losses[0]["margin"] == 0.5
+    assert (tmp_path / "ok" / "test_metrics.json").exists()
+    bad = _main(tmp_path / "bad", "--config.losses.0.margn=0.5")
+    assert bad.returncode != 0
+    assert "margn" in bad.stderr and "margin" in bad.stderr
