@@ -11,6 +11,7 @@ where JAX detects the cluster, or from ``--coordinator_address/--num_processes/-
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -59,8 +60,20 @@ def main(argv) -> None:
     print("test:", " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
 
 
+def config_root(argv: list[str]) -> str | None:
+    """The directory holding ``configs/``, so configs can ``from configs import default``."""
+    for arg in argv:
+        if arg.startswith("--config="):
+            path = os.path.abspath(arg.split("=", 1)[1].split(":", 1)[0])
+            return os.path.dirname(os.path.dirname(path))
+    return None
+
+
 def run() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
+    root = config_root(sys.argv)
+    if root and root not in sys.path:
+        sys.path.insert(0, root)
     # config_flags reads the overrides from sys.argv itself.
     sys.argv[:] = list_index_syntax(sys.argv)
     app.run(main)

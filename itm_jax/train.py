@@ -236,7 +236,8 @@ class Trainer:
         _, params, rest = self._split(stage, train=True)
         state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
                            opt_state=tx.init(params))
-        return jax.device_put(state, self.repl)
+        # A copy: the step donates its state, and the model's own arrays must outlive it.
+        return jax.device_put(jax.tree.map(jnp.copy, state), self.repl)
 
     def global_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         return {k: jax.make_array_from_process_local_data(self.rows, np.asarray(v))
@@ -273,6 +274,11 @@ class Trainer:
         src = self.sources[split]
         protocol = self.config.eval_protocol if split == "test" else "all"
         return protocol_metrics(img, cap, src.cap_to_img, protocol)
+
+    def best_weights(self):
+        """``(params, rest)`` of the best validation checkpoint (params-only restore)."""
+        _, params, rest = self._split(self.stages[-1], train=False)
+        return self.ckpt.restore_best(jax.device_put(TrainState(0, params, rest, None), self.repl))
 
     # ----- training ------------------------------------------------------------------------
     def train(self) -> TrainState:
@@ -358,7 +364,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, float]:
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     state = trainer.train()
-    params, rest = trainer.ckpt.restore_best(state) if config.eval_every > 0 else (state.params, state.rest)
+    params, rest = trainer.best_weights() if config.eval_every > 0 else (state.params, state.rest)
     metrics = trainer.evaluate(params, rest, "test")
     if jax.process_index() == 0:
         (workdir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

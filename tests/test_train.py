@@ -106,6 +106,8 @@ def test_stages_switch_weights_and_freeze(tmp_path):
     assert text and image
     assert all(np.array_equal(before[k], after[k]) for k in text)
     assert any(not np.array_equal(before[k], after[k]) for k in image)
+    # Both stages end to end: a new optimiser on the trained weights at the boundary.
+    assert int(train.Trainer(c, tmp_path / "both").train().step) == 4
     with pytest.raises(ValueError, match="unknown losses"):
         c.stages[1]["loss_weights"] = {"cmpm": 1.0}
         train.make_stages(c, 10)
@@ -128,7 +130,11 @@ def test_cli_override_reaches_the_loss_and_typos_fail(tmp_path):
     assert config["losses"][0]["margin"] == 0.5
     stage = train.make_stages(load_config().__class__(config), 10)[0]
     assert stage.losses[0]["margin"] == 0.5
-    assert (tmp_path / "ok" / "test_metrics.json").exists()
+    # itm-eval restores the best weights and reproduces the run's test numbers.
+    from itm_jax.evaluate import evaluate_run
+
+    tested = json.loads((tmp_path / "ok" / "test_metrics.json").read_text())
+    assert evaluate_run(tmp_path / "ok") == pytest.approx(tested)
     bad = _main(tmp_path / "bad", "--config.losses.0.margn=0.5")
     assert bad.returncode != 0
     assert "margn" in bad.stderr and "margin" in bad.stderr
