@@ -571,3 +571,40 @@ def numerical_grad(fn, x, h=1e-6):
         x[idx] = orig
         g[idx] = (fp - fm) / (2 * h)
     return g
+
+
+# --------------------------------------------------------------------------------------------
+# test input generators (NumPy float64; tests convert them to JAX arrays themselves)
+# --------------------------------------------------------------------------------------------
+
+
+def rand_scores(rng, bi, bt=None, diag_boost=0.3):
+    """Uniform[-1, 1) scores with the diagonal raised a little so that some hinges are active
+    and some are not (a loss that ignores the margin or flips a sign then shows)."""
+    bt = bi if bt is None else bt
+    s = rng.uniform(-1.0, 1.0, size=(bi, bt))
+    for k in range(min(bi, bt)):
+        s[k, k] = min(1.0, s[k, k] + diag_boost)
+    return s
+
+
+def unit_rows(rng, n, d):
+    x = rng.normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered_unit_rows(rng, n, d, spread=0.8):
+    """Unit rows around a common direction: pairwise cosines spread over roughly (0.2, 0.97),
+    so the IMC cosine masks (0.5 < cos < 0.95) keep some pairs and drop others."""
+    base = rng.normal(size=d)
+    base /= np.linalg.norm(base)
+    x = base + spread * rng.normal(size=(n, d)) / np.sqrt(d)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def noisy_copy(rng, x, noise=0.5):
+    """Unit rows close to the rows of `x` (captions matching their images): the diagonal of
+    x @ result.T is high (~0.9) and off-diagonal scores are low, as in a trained model."""
+    n, d = x.shape
+    y = x + noise * rng.normal(size=(n, d)) / np.sqrt(d)
+    return y / np.linalg.norm(y, axis=1, keepdims=True)
