@@ -66,6 +66,14 @@ def test_resume_continues_the_same_run(tmp_path):
     assert_same_params(full, resumed, rtol=1e-6, atol=1e-7)
 
 
+def test_resume_on_another_device_count(tmp_path):
+    one = train.Trainer(_config(steps=4), tmp_path / "one").train()
+    train.Trainer(_config(steps=2, devices=4, checkpoint_every=2), tmp_path / "moved").train()
+    moved = train.Trainer(_config(steps=4, devices=1), tmp_path / "moved").train()
+    assert next(iter(jax.tree.leaves(moved.params))).sharding.num_devices == 1
+    assert_same_params(one, moved)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     train.Trainer(_config(steps=2, checkpoint_every=2), tmp_path).train()
     c = _config(steps=4, checkpoint_every=1)
