@@ -156,7 +156,8 @@ def train_step(state: TrainState, batch, *, graphdef, tx, losses, use_id_positiv
     """One optimisation step; returns ``(state, metrics, finite)``."""
 
     def loss_fn(params):
-        model = nnx.merge(graphdef, params, state.rest)
+        # copy: BatchNorm statistics and RNG counters are updated inside this trace.
+        model = nnx.merge(graphdef, params, state.rest, copy=True)
         total, terms = objective(model_outputs(model, batch, use_id_positives), losses)
         return total, (terms, nnx.state(model, nnx.Not(nnx.Param)))
 
@@ -248,23 +249,27 @@ class Trainer:
                                      seed=self.config.seed, tokenize=self.tokenize)
 
     # ----- evaluation ----------------------------------------------------------------------
-    def embed(self, params, rest, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """``[N, D]`` image and ``[M, D]`` caption outputs of a split, index order."""
+    @functools.cached_property
+    def _embed_fn(self):
         graphdef, _, _ = self._split(self.stages[-1], train=False)
-        src, bs = self.sources[split], self.config.eval_batch_size
 
         @functools.partial(jax.jit, static_argnums=0, out_shardings=self.repl)
         def run(kind, params, rest, batch):
             model = nnx.merge(graphdef, params, rest)
             return model.embed_images(batch) if kind == "images" else model.embed_captions(batch)
 
+        return run
+
+    def embed(self, params, rest, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``[N, D]`` image and ``[M, D]`` caption outputs of a split, index order."""
+        src, bs = self.sources[split], self.config.eval_batch_size
         out = {}
         for kind in ("images", "captions"):
             rows = []
             for batch in pipeline.eval_batches(src, batch_size=bs, kind=kind,
                                                tokenize=self.tokenize):
                 mask = jax.make_array_from_process_local_data(self.rows, batch["mask"])
-                emb = run(kind, params, rest, self.global_batch(batch))
+                emb = self._embed_fn(kind, params, rest, self.global_batch(batch))
                 rows.append(np.asarray(emb)[np.asarray(jax.device_get(mask))])
             out[kind] = np.concatenate(rows)
         return out["images"], out["captions"]

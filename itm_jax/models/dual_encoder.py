@@ -74,7 +74,7 @@ class DualEncoder(nnx.Module):
             out["img_logits"] = self.classifier(out["img_feat"])
             out["txt_logits"] = self.classifier(out["txt_feat"])
         elif isinstance(self.classifier, NormClassifier):
-            out["cls_weight"] = self.classifier.weight.value
+            out["cls_weight"] = self.classifier.weight[...]
         return out
 
 

@@ -1,0 +1,259 @@
+"""Paper configs (configs/*.py) and launch scripts (launch/*).
+
+Every config loads locked through ``ml_collections.config_flags`` with each of its presets, names
+valid losses and hyper-parameters, and builds the stage schedule its docstring's ``Schedule:``
+line states. The smoke presets train end to end on the synthetic data for a representative
+subset (one run per distinct image/text/head/loss combination; see ``SMOKE_RUNS``), so the file
+stays within a few minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import pathlib
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from itm_jax import losses as L
+from itm_jax import train
+from itm_jax.objective import objective, outputs_from_features, required_outputs
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # configs do `from configs import default`, as itm_jax.main arranges
+    sys.path.insert(0, str(ROOT))
+
+from configs import common  # noqa: E402
+
+NOT_RECIPES = {"__init__", "common", "default"}
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in NOT_RECIPES)
+# Presets each config family accepts (besides `smoke`, which every config accepts).
+FAMILY_PRESETS = {"vse": ["loss=sh", "loss=mh"], "convse": ["loss=csn", "loss=cmn"],
+                  "cmpm": ["", "cmpc"]}
+LAUNCH = ["launch/local.sh", "launch/tpu_pod.sh", "launch/slurm_gpu.sbatch"]
+
+
+def presets(name: str) -> list[str]:
+    return FAMILY_PRESETS.get(name.split("_")[0], [""])
+
+
+SPECS = [(n, p) for n in CONFIGS for p in presets(n)]
+SMOKE_SPECS = [(n, ",".join(filter(None, [p, "smoke"]))) for n, p in SPECS]
+SPEC_IDS = [f"{n}:{p}" for n, p in SPECS]
+
+
+def load(name: str, arg: str = "", *overrides: str, monkeypatch=None):
+    """The config as ``itm_jax.main`` loads it: ``--config=configs/<name>.py[:arg]``, locked."""
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config", flag_values=fv, lock_config=True)
+    argv = ["prog", f"--config={ROOT / 'configs' / name}.py" + (f":{arg}" if arg else ""),
+            *overrides]
+    if monkeypatch is not None:  # config_flags reads field overrides from sys.argv itself
+        monkeypatch.setattr(sys, "argv", argv)
+    fv(argv)
+    return fv.config
+
+
+def test_every_config_is_covered():
+    expected = {"vse_f30k", "vse_coco", "imc_f30k", "imc_coco", "cmpm_f30k", "cmpm_coco",
+                "cmpm_cuhk_pedes", "dual_path_f30k", "dual_path_coco", "convse_f30k",
+                "convse_coco", "aoq_round1_f30k", "aoq_round1_coco"}
+    assert set(CONFIGS) == expected
+
+
+# ----- loading ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,arg", SPECS + SMOKE_SPECS,
+                         ids=SPEC_IDS + [f"{n}:{p}" for n, p in SMOKE_SPECS])
+def test_loads_locked(name, arg):
+    c = load(name, arg)
+    assert c.is_locked
+    with pytest.raises(AttributeError):
+        c.optim.learnig_rate = 1.0
+    with pytest.raises(AttributeError):
+        c.num_epoch = 3
+    # config.lock() does not reach ConfigDicts inside lists; configs/common.py locks them.
+    for entry in [*c.losses, *c.stages]:
+        assert entry.is_locked
+        with pytest.raises(AttributeError):
+            entry.margn = 0.1
+    # Fields are typed: a wrong type is an error too.
+    with pytest.raises(TypeError):
+        c.batch_size = "big"
+
+
+def test_unknown_presets_fail():
+    # config_flags reports the config's ValueError as an illegal flag value.
+    with pytest.raises(flags.IllegalFlagValueError, match="valid: sh, mh"):
+        load("vse_f30k", "loss=xx")
+    with pytest.raises(flags.IllegalFlagValueError, match="Unknown preset option 'cmpc'"):
+        load("imc_f30k", "cmpc")
+    with pytest.raises(flags.IllegalFlagValueError, match="is a flag"):
+        load("cmpm_f30k", "cmpc=maybe")
+
+
+def test_parse_arg():
+    a = common.parse_arg("loss=sh, smoke ,n=3,lr=0.5,cmpc=false", loss="mh", smoke=False, n=1,
+                         lr=1.0, cmpc=True)
+    assert (a.loss, a.smoke, a.n, a.lr, a.cmpc) == ("sh", True, 3, 0.5, False)
+    assert common.parse_arg(None, smoke=False).smoke is False
+    with pytest.raises(ValueError, match="needs a value"):
+        common.parse_arg("n", n=1)
+    with pytest.raises(ValueError, match="not a int"):
+        common.parse_arg("n=x", n=1)
+
+
+def test_cli_overrides_reach_list_entries(monkeypatch):
+    c = load("convse_f30k", "loss=csn", "--config.stages[3].learning_rate=1e-5",
+             "--config.losses[1].tau=0.05", monkeypatch=monkeypatch)
+    assert c.stages[3].learning_rate == 1e-5 and c.losses[1].tau == 0.05
+    with pytest.raises(AttributeError, match="learning_rate"):
+        load("convse_f30k", "", "--config.stages[0].learnin_rate=1e-5", monkeypatch=monkeypatch)
+
+
+def test_docstrings_state_target_command_and_data():
+    for name in CONFIGS:
+        doc = importlib.import_module(f"configs.{name}").__doc__
+        assert f"python -m itm_jax.main --config=configs/{name}.py" in doc, name
+        assert "--workdir=" in doc and "Target" in doc and "differ" in doc.lower(), name
+        c = load(name, presets(name)[0])
+        assert f'data.name="{c.data.name}"' in doc, name
+        assert "data.data_dir" in doc, name
+
+
+# ----- losses ------------------------------------------------------------------------------------
+def _dummy_outputs(b=6, d=8, classes=10):
+    k = jax.random.split(jax.random.key(0), 5)
+    labels = jnp.array([0, 0, 1, 2, 3, 4])[:b]
+    return outputs_from_features(
+        jax.random.normal(k[0], (b, d)), jax.random.normal(k[1], (b, d)),
+        image_ids=labels, labels=labels,
+        img_logits=jax.random.normal(k[2], (b, classes)),
+        txt_logits=jax.random.normal(k[3], (b, classes)),
+        cls_weight=jax.random.normal(k[4], (d, classes)),
+    )
+
+
+@pytest.mark.parametrize("name,arg", SPECS, ids=SPEC_IDS)
+def test_losses_are_valid(name, arg):
+    c = load(name, arg)
+    for spec in c.losses:
+        fn = L.get(spec.name)  # raises on an unknown name
+        params = inspect.signature(fn).parameters
+        valid = {p for p, v in params.items() if v.kind is v.KEYWORD_ONLY}
+        valid -= {"with_aux", "positives"}  # set by the trainer, not by configs
+        assert set(spec) - {"name", "weight", "label"} <= valid, (spec.name, valid)
+        assert spec.weight > 0
+    # The values too: the objective runs on dummy outputs and every term is finite.
+    total, terms = objective(_dummy_outputs(), [dict(s) for s in c.losses])
+    assert np.isfinite(float(total)) and all(np.isfinite(float(v)) for v in terms.values())
+    # The model provides what the losses read.
+    needs = required_outputs(c.losses)
+    assert ("cls_weight" in needs) == (c.model.classifier == "norm")
+    assert ("img_logits" in needs) == (c.model.classifier == "shared")
+    if needs & {"img_feat", "txt_feat"}:  # CMPM/CMPC take the unnormalised features
+        assert not c.model.normalize
+
+
+# ----- schedules -------------------------------------------------------------------------------
+_ITEM = re.compile(r"^(\d+(?:\.\d+)?) @ ([0-9.e+-]+)(?: \(x([0-9.]+) every (\d+)\))?( frozen)?$")
+
+
+def documented_schedule(name):
+    """``[(epochs, lr, decay_every or None, frozen)]`` from the docstring's ``Schedule:`` line."""
+    doc = importlib.import_module(f"configs.{name}").__doc__
+    (line,) = [ln for ln in doc.splitlines() if ln.startswith("Schedule: ")]
+    out = []
+    for item in line.removeprefix("Schedule: ").rstrip(".").split(", "):
+        m = _ITEM.match(item)
+        assert m, f"{name}: cannot parse schedule item {item!r}"
+        out.append((float(m[1]), float(m[2]), m[4] and int(m[4]), bool(m[5])))
+        if m[3]:
+            assert float(m[3]) == 0.1
+    return out
+
+
+@pytest.mark.parametrize("name,arg", SPECS, ids=SPEC_IDS)
+def test_stages_match_docstring(name, arg):
+    c, spe = load(name, arg), 100
+    stages = train.make_stages(c, spe)
+    documented = documented_schedule(name)
+    assert len(stages) == len(documented)
+    decay_steps = train.to_steps(c.optim, spe, prefix="lr_decay_")
+    start = 0
+    for s, (epochs, lr, every, frozen) in zip(stages, documented):
+        assert (s.start, s.end) == (start, start + round(epochs * spe))
+        assert math.isclose(s.learning_rate, lr, rel_tol=1e-9)
+        assert s.freeze_backbone == frozen
+        # A frozen backbone is also kept out of the optimiser (weight decay, momentum).
+        assert (s.freeze == common.BACKBONE) == (frozen and c.model.image != "precomp")
+        if every:
+            assert c.optim.lr_decay_factor == 0.1 and decay_steps == every * spe
+        else:  # no decay inside the stage
+            assert c.optim.lr_decay_factor == 1.0 or decay_steps >= s.end - s.start
+        assert s.losses, f"stage {s.index} has no active loss"
+        start = s.end
+
+
+@pytest.mark.parametrize("name,arg", SMOKE_SPECS, ids=[f"{n}:{p}" for n, p in SMOKE_SPECS])
+def test_smoke_keeps_the_recipe_and_is_tiny(name, arg):
+    full, smoke = load(name, arg.removesuffix("smoke").rstrip(",")), load(name, arg)
+    assert smoke.data.name in ("synthetic", "synthetic_images")
+    assert smoke.model.image == ("precomp" if full.model.image == "precomp" else "small_cnn")
+    for key in ("text", "classifier", "convse_head", "normalize"):
+        assert smoke.model[key] == full.model[key], key
+    assert [dict(x) for x in smoke.losses] == [dict(x) for x in full.losses]
+    stages = train.make_stages(smoke, 100)
+    assert len(stages) == len(train.make_stages(full, 100))
+    assert [s.end - s.start for s in stages] == ([2] * len(stages) if smoke.stages else [3])
+    assert [(s.learning_rate, s.freeze_backbone, s.losses) for s in stages] == [
+        (s.learning_rate, s.freeze_backbone, s.losses) for s in train.make_stages(full, 100)]
+
+
+# ----- smoke training --------------------------------------------------------------------------
+# One run per distinct model/loss combination, to keep the file within a few minutes on two
+# cores (each stage compiles its own train step). The presets left out differ from a run below
+# only in the dataset block (f30k vs coco; smoke replaces it) or in a loss that
+# test_losses_are_valid evaluates: vse (small CNN + GRU + sum/max of hinges, frozen -> fine-tuned)
+# is convse's base stages without the heads; ConVSE (csn) and CMPM alone swap one loss.
+SMOKE_RUNS = [
+    "imc_f30k:smoke",               # Bi-LSTM (mean), IMC; frozen CNN, one stage
+    "cmpm_f30k:cmpc,smoke",         # Bi-LSTM (max), CMPM + CMPC, norm classifier, unnormalised
+    "dual_path_f30k:smoke",         # text CNN, shared classifier, instance + ranking, SGD, 3 stages
+    "convse_f30k:loss=cmn,smoke",   # GRU + ConVSE heads; MH frozen -> fine-tuned -> ConVSE++
+    "aoq_round1_f30k:smoke",        # precomputed (synthetic) features + GRU, MH
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ITM_JAX_CACHE", str(tmp_path_factory.mktemp("itm_jax_cache")))
+        yield
+
+
+@pytest.mark.parametrize("spec", SMOKE_RUNS)
+def test_smoke_trains(spec, tmp_path):
+    name, _, arg = spec.partition(":")
+    c = load(name, arg)
+    trainer = train.Trainer(c, tmp_path)
+    state = trainer.train()
+    assert int(state.step) == trainer.stages[-1].end
+    assert (tmp_path / "checkpoints").is_dir()
+
+
+# ----- launch scripts --------------------------------------------------------------------------
+@pytest.mark.parametrize("path", LAUNCH)
+def test_launch_scripts(path):
+    script = ROOT / path
+    assert "itm_jax.main" in script.read_text()
+    run = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
