@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.caps_per_image = 5
     c.data.max_len = 32
     c.data.vocab_threshold = 4
+    c.data.word_vectors = ""  # GloVe / word2vec text file initialising the word embeddings
     c.data.synthetic = ml_collections.ConfigDict(
         dict(seed=0, num_train=4000, num_val=500, num_test=500))
 
@@ -39,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.freeze_backbone = False
     c.model.small_cnn_dim = 128
     c.model.mobilenet_alpha = 1.0
+    c.model.pretrained = ""  # .npz from `python -m itm_jax.models.convert_weights`
 
     # The objective: a list of {name, weight, **hyper-parameters} (itm_jax.losses names).
     c.losses = [

@@ -34,9 +34,13 @@ from itm_jax import checkpointing, evaluation
 from itm_jax.data import pipeline
 from itm_jax.data.datasets import get_sources, image_dim
 from itm_jax.data.vocab import Vocabulary, build_vocab_for
+from itm_jax.data.word_vectors import load_word_vectors
 from itm_jax.metric_writer import MetricWriter, Progress
 from itm_jax.models.dual_encoder import DualEncoder, build_dual_encoder
+from itm_jax.models.mobilenet import MobileNetV1
+from itm_jax.models.pretrained import load_keras_mobilenet, load_torchvision_resnet
 from itm_jax.objective import objective, outputs_from_features
+from itm_jax.similarity import l2_normalize
 
 # Batch fields the model and the objective read; the rest stays on the host.
 _MODEL_KEYS = ("image", "image_feat", "tokens", "length", "image_id", "label")
@@ -143,6 +147,17 @@ def make_optimizer(config, stage: Stage, spe: int, params):
     return tx, lr
 
 
+def load_pretrained_backbone(model: DualEncoder, path: str) -> None:
+    """ImageNet weights converted by ``python -m itm_jax.models.convert_weights`` (``.npz``)."""
+    if not path:
+        return
+    backbone = getattr(model.image_encoder, "backbone", None)
+    if backbone is None:
+        raise ValueError(f"model.pretrained={path!r} needs a CNN image encoder, not precomp.")
+    load = load_keras_mobilenet if isinstance(backbone, MobileNetV1) else load_torchvision_resnet
+    load(backbone, path)
+
+
 def model_outputs(model: DualEncoder, batch: Mapping[str, jax.Array], use_id_positives: bool):
     out = model(batch)
     return outputs_from_features(
@@ -210,11 +225,23 @@ class Trainer:
         self.num_steps = self.stages[-1].end
         self.tokenize = functools.partial(self.vocab.encode, max_len=config.data.max_len)
         self.model = build_dual_encoder(
-            config.model, vocab_size=len(self.vocab), num_classes=train.num_images,
-            image_dim=image_dim(train), rngs=nnx.Rngs(config.seed),
+            config.model, vocab_size=len(self.vocab),
+            # One class per person (CUHK-PEDES) or per training image (instance loss, CMPC).
+            num_classes=getattr(train, "num_identities", train.num_images),
+            image_dim=image_dim(train), word_vectors=self._word_vectors(),
+            rngs=nnx.Rngs(config.seed),
         )
+        load_pretrained_backbone(self.model, config.model.get("pretrained", ""))
         self.ckpt = checkpointing.Checkpoints(self.workdir / "checkpoints",
                                               keep=config.keep_checkpoints)
+
+    def _word_vectors(self) -> np.ndarray | None:
+        path = self.config.data.get("word_vectors", "")
+        if not path:
+            return None
+        vectors, found = load_word_vectors(path, self.vocab, dim=self.config.model.word_dim)
+        print(f"word vectors: {found}/{len(self.vocab)} vocabulary words found in {path}")
+        return vectors
 
     def _vocab(self) -> Vocabulary:
         path = self.workdir / "vocab.json"
@@ -269,7 +296,9 @@ class Trainer:
             for batch in pipeline.eval_batches(src, batch_size=bs, kind=kind,
                                                tokenize=self.tokenize):
                 mask = jax.make_array_from_process_local_data(self.rows, batch["mask"])
-                emb = self._embed_fn(kind, params, rest, self.global_batch(batch))
+                # Cosine scores for every model, also those trained on unnormalised outputs
+                # (CMPM, the instance loss), as the papers evaluate.
+                emb = l2_normalize(self._embed_fn(kind, params, rest, self.global_batch(batch)))
                 rows.append(np.asarray(emb)[np.asarray(jax.device_get(mask))])
             out[kind] = np.concatenate(rows)
         return out["images"], out["captions"]

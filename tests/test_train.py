@@ -146,3 +146,19 @@ def test_cli_override_reaches_the_loss_and_typos_fail(tmp_path):
     bad = _main(tmp_path / "bad", "--config.losses.0.margn=0.5")
     assert bad.returncode != 0
     assert "margn" in bad.stderr and "margin" in bad.stderr
+
+
+def test_word_vectors_and_pretrained_from_config(tmp_path):
+    c = _config(steps=0)
+    words = ["red", "circle", "square"]
+    vectors = np.arange(len(words) * c.model.word_dim, dtype=np.float32).reshape(len(words), -1)
+    glove = tmp_path / "glove.txt"
+    glove.write_text("".join(f"{w} {' '.join(map(str, v))}\n" for w, v in zip(words, vectors)))
+    c.data.word_vectors = str(glove)
+    trainer = train.Trainer(c, tmp_path / "run")
+    table = np.asarray(trainer.model.text_encoder.embed.embedding[...])
+    for word, vector in zip(words, vectors):
+        np.testing.assert_array_equal(table[trainer.vocab.id(word)], vector)
+    c.model.pretrained = str(tmp_path / "resnet50.npz")
+    with pytest.raises(ValueError, match="needs a CNN image encoder"):
+        train.Trainer(c, tmp_path / "run2")
