@@ -27,27 +27,13 @@ evaluation of unnormalised outputs (docs/reproducing.md).
 Presets: ``cmpc`` (CMPM+CMPC), ``smoke`` (synthetic 64x64 images, small CNN, 2 steps/stage).
 """
 
-from configs import common, default
+from configs import common, cmpm_f30k
 
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, cmpc=False, smoke=False)
-    c = default.get_config()
-    common.coco(c, restval=False)
-    c.model.image = "resnet152"
-    c.model.text = "bilstm_max"
-    c.model.embed_dim = 512
-    c.model.word_dim = 512
-    c.model.normalize = False
-    c.losses = [common.loss("cmpm", eps=1e-8)]
-    if a.cmpc:
-        c.model.classifier = "norm"
-        c.losses.append(common.loss("cmpc"))
-    c.batch_size = 64
-    c.eval_batch_size = 128
-    c.optim.grad_clip = 0.0
-    c.optim.lr_decay_factor = 1.0
-    c.stages = [common.stage(15, 2e-4, freeze_backbone=True), common.stage(30, 2e-5)]
-    if a.smoke:
-        common.smoke(c, image="cnn")
+    # The Flickr30K recipe; only the data and the batch size differ.
+    c = cmpm_f30k.get_config(arg)
+    if not common.is_smoke(arg):
+        common.coco(c, restval=False)
+        c.batch_size = 64
     return c

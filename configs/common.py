@@ -52,6 +52,11 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(out)
 
 
+def is_smoke(arg: str | None) -> bool:
+    """Whether the preset string asks for the ``smoke`` run (synthetic data, a few steps)."""
+    return "smoke" in (s.strip() for s in (arg or "").split(","))
+
+
 def check_choice(name: str, value: str, valid: Mapping | tuple) -> None:
     if value not in valid:
         raise ValueError(f"Unknown preset {name}={value!r}; valid: {', '.join(valid)}.")

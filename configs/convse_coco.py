@@ -28,35 +28,12 @@ Presets: ``loss=csn|cmn`` (default cmn), ``smoke`` (synthetic 64x64 images, smal
 2 steps/stage).
 """
 
-from configs import common, default
-
-LOSSES = {"csn": "contrastive_sum_negatives", "cmn": "contrastive_max_negative"}
+from configs import common, convse_f30k
 
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, loss="cmn", smoke=False)
-    common.check_choice("loss", a.loss, LOSSES)
-    c = default.get_config()
-    common.coco(c, restval=True)
-    c.model.image = "resnet152"
-    c.model.text = "gru"
-    c.model.embed_dim = 1024
-    c.model.word_dim = 300
-    c.model.convse_head = True
-    con = LOSSES[a.loss]
-    c.losses = [common.loss("max_of_hinges", margin=0.2),
-                common.loss(con, tau=0.1, **({"margin": 0.2} if a.loss == "cmn" else {}))]
-    c.batch_size = 256
-    c.eval_batch_size = 128
-    c.optim.lr_decay_factor = 1.0
-    c.optim.grad_clip = 2.0
-    base, head = {con: 0.0}, {"max_of_hinges": 0.0}
-    c.stages = [
-        common.stage(15, 2e-4, freeze_backbone=True, loss_weights=base),
-        common.stage(15, 2e-5, freeze_backbone=True, loss_weights=base),
-        common.stage(15, 2e-5, loss_weights=base),
-        common.stage(30, 2e-5, freeze_backbone=True, loss_weights=head),
-    ]
-    if a.smoke:
-        common.smoke(c, image="cnn")
+    # The Flickr30K recipe; only the data differ.
+    c = convse_f30k.get_config(arg)
+    if not common.is_smoke(arg):
+        common.coco(c, restval=True)
     return c

@@ -24,29 +24,12 @@ Differs: GloVe vectors and ImageNet weights are not loadable from the config yet
 Presets: ``smoke`` (synthetic 64x64 images, small CNN, 3 steps).
 """
 
-from configs import common, default
+from configs import common, imc_f30k
 
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, smoke=False)
-    c = default.get_config()
-    common.coco(c, restval=True)
-    c.model.image = "resnet152"
-    c.model.freeze_backbone = True
-    c.optim.freeze = common.BACKBONE
-    c.model.text = "bilstm_mean"
-    c.model.embed_dim = 1024
-    c.model.word_dim = 300
-    c.losses = [common.loss("imc", margin=0.2, lam=1.0, delta="l1", mu_down=0.05, mu_up=0.5,
-                            variant="reference")]
-    c.batch_size = 128
-    c.eval_batch_size = 128
-    c.stages = []  # one stage from the fields below
-    c.num_epochs = 30
-    c.optim.learning_rate = 2e-4
-    c.optim.lr_decay_epochs = 15
-    c.optim.lr_decay_factor = 0.1
-    c.optim.grad_clip = 2.0
-    if a.smoke:
-        common.smoke(c, image="cnn")
+    # The Flickr30K recipe; only the data differ.
+    c = imc_f30k.get_config(arg)
+    if not common.is_smoke(arg):
+        common.coco(c, restval=True)
     return c

@@ -28,27 +28,12 @@ code validates on the first 1K of the 5K val split, we validate on all of it;
 Presets: ``loss=sh|mh`` (default mh), ``smoke`` (synthetic 64x64 images, small CNN, 2 steps/stage).
 """
 
-from configs import common, default
-
-LOSSES = {"sh": "sum_of_hinges", "mh": "max_of_hinges"}
+from configs import common, vse_f30k
 
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, loss="mh", smoke=False)
-    common.check_choice("loss", a.loss, LOSSES)
-    c = default.get_config()
-    common.coco(c, restval=True)
-    c.model.image = "resnet152"
-    c.model.text = "gru"
-    c.model.embed_dim = 1024
-    c.model.word_dim = 300
-    c.losses = [common.loss(LOSSES[a.loss], margin=0.2)]
-    c.batch_size = 128
-    c.eval_batch_size = 128
-    c.optim.lr_decay_epochs = 15
-    c.optim.lr_decay_factor = 0.1
-    c.optim.grad_clip = 2.0
-    c.stages = [common.stage(30, 2e-4, freeze_backbone=True), common.stage(15, 2e-5)]
-    if a.smoke:
-        common.smoke(c, image="cnn")
+    # The Flickr30K recipe; only the data differ.
+    c = vse_f30k.get_config(arg)
+    if not common.is_smoke(arg):
+        common.coco(c, restval=True)
     return c
