@@ -31,25 +31,16 @@ image as a negative).
 Presets: ``smoke`` (synthetic precomputed features, 3 steps).
 """
 
-from configs import common, default
+from configs import aoq_round1_f30k, common
 
 
 def get_config(arg=None):
+    # The Flickr30K recipe with COCO's features, 5K test protocol and longer schedule.
     a = common.parse_arg(arg, smoke=False)
-    c = default.get_config()
+    c = aoq_round1_f30k.get_config()
     common.precomp(c, test_split="testall", protocol="coco")
-    c.model.image = "precomp"
-    c.model.text = "gru"
-    c.model.embed_dim = 1024
-    c.model.word_dim = 300
-    c.losses = [common.loss("max_of_hinges", margin=0.2)]
-    c.batch_size = 128
-    c.stages = []  # one stage from the fields below
     c.num_epochs = 30
-    c.optim.learning_rate = 2e-4
     c.optim.lr_decay_epochs = 15
-    c.optim.lr_decay_factor = 0.1
-    c.optim.grad_clip = 2.0
     if a.smoke:
         common.smoke(c, image="precomp")
     return c

@@ -32,29 +32,14 @@ dot-product evaluation of raw features). See docs/reproducing.md.
 Presets: ``smoke`` (synthetic 64x64 images, small CNN, 2 steps/stage).
 """
 
-from configs import common, default
+from configs import common, dual_path_f30k
 
 
 def get_config(arg=None):
+    # The Flickr30K recipe with COCO's data and the authors' shorter COCO schedule.
     a = common.parse_arg(arg, smoke=False)
-    c = default.get_config()
+    c = dual_path_f30k.get_config()
     common.coco(c, restval=True)
-    c.data.max_len = 32
-    c.model.image = "resnet50"
-    c.model.text = "text_cnn"
-    c.model.embed_dim = 2048
-    c.model.word_dim = 300
-    c.model.classifier = "shared"
-    c.model.normalize = False
-    c.losses = [common.loss("dual_path_ranking", margin=1.0, reduction="mean"),
-                common.loss("instance_loss", reduction="mean")]
-    c.batch_size = 32
-    c.eval_batch_size = 128
-    c.optim.name = "sgd"
-    c.optim.momentum = 0.9
-    c.optim.weight_decay = 1e-4
-    c.optim.grad_clip = 0.0
-    c.optim.lr_decay_factor = 1.0
     c.stages = [
         common.stage(75, 1e-3, freeze_backbone=True, loss_weights={"dual_path_ranking": 0.0}),
         common.stage(15, 1e-3),

@@ -32,15 +32,8 @@ ENCODERS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _skip_xla_optimizations():
-    """These tiny models compile far longer than they run (every initialiser and step is an XLA
-    program), so XLA's optimisation passes are skipped, as the Flax ImageNet example's test
-    does. The setting is part of JAX's compilation cache key and is restored afterwards."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# Tiny models: compiling dominates, so XLA's optimisation passes are skipped (conftest).
+pytestmark = pytest.mark.usefixtures("skip_xla_optimizations")
 
 
 @nnx.jit
