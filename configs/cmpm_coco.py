@@ -20,9 +20,10 @@ Schedule: 15 @ 2e-4 frozen, 30 @ 2e-5.
 Recipe (paper Sec. 4.1 and the spec's "Authors' recipe"): Adam; batch 64; ResNet-152 frozen for
 15 epochs at 2e-4, then all layers 30 epochs at 2e-5; 512-d unnormalised embeddings; max-pooled
 Bi-LSTM, 512-d words; CMPM ``eps=1e-8``; ``cmpc`` adds CMPC with the normalised classifier
-(classes = training images). No gradient clipping. Differs as cmpm_f30k.py: no ImageNet
-weights from the config, 256 LSTM units per direction and no 1x1 conv + BN head, dot-product
-evaluation of unnormalised outputs (docs/reproducing.md).
+(classes = training images). No gradient clipping. Model as cmpm_f30k.py: 512 LSTM units per
+direction, 1x1 conv + BatchNorm heads on both branches, dropout 0.3 on the word embeddings,
+cosine evaluation. Differs as cmpm_f30k.py (ImageNet weights given per run; the LSTM's output
+dropout, learned initial states and forget-gate bias).
 
 Presets: ``cmpc`` (CMPM+CMPC), ``smoke`` (synthetic 64x64 images, small CNN, 2 steps/stage).
 """

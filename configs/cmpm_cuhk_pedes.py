@@ -15,15 +15,22 @@ imgs/. Labels (CMPC classes) are person ids (11,003 training identities).
 Schedule: 50 @ 2e-4.
 
 Recipe (paper Sec. 4.1 and the spec's "Authors' recipe"): MobileNet v1 (alpha 1) and the
-max-pooled Bi-LSTM trained together from the start; Adam 2e-4 for 50 epochs, no decay; batch 16;
-512-d unnormalised embeddings, 512-d words; CMPM ``eps=1e-8``; ``cmpc`` adds CMPC with the
-normalised classifier. Captions up to 56 tokens (PEDES sentences average 19.6 words; the
-dual-path paper's PEDES window; the CMPM paper gives no length). No gradient clipping.
-Differs: no ImageNet weights from the config; 256 LSTM units per direction and no 1x1 conv + BN
-head; dot-product evaluation of unnormalised outputs; the classifier gets one class per
-training *image* (``Trainer`` passes ``num_images``), of which only the 11,003 identity ids are
-ever used as labels; recall counts only the caption's own image as a hit (the PEDES protocol
-counts any image of the same person). See docs/reproducing.md.
+max-pooled Bi-LSTM (512 units per direction over 512-d words) trained together from the start;
+Adam 2e-4 for 50 epochs, no decay; batch 16; a 1x1 conv + BatchNorm to the 512-d embedding on
+both branches (``projection_1x1``; under the MobileNet arg scope, BatchNorm decay 0.9997 and
+epsilon 1e-3, which ``build_dual_encoder`` picks for ``model.image="mobilenet"``), fed
+unnormalised into the losses; CMPM ``eps=1e-8``; ``cmpc`` adds CMPC with the normalised
+classifier, one class per training identity (``Trainer`` passes ``num_identities``; the
+authors' script: ``--num_classes=11004``). Dropout 0.3 on the word embeddings (the code's
+``lstm_dropout_keep_prob`` 0.7). Captions up to 56 tokens (PEDES sentences average 19.6 words;
+the dual-path paper's PEDES window; the CMPM paper gives no length). No gradient clipping.
+Test: text-to-image recall by identity, as the PEDES protocol and the authors'
+``recall_at_k``: a caption query is a hit when any image of its person is in the top K
+(``protocol_metrics`` passes the source's per-image ``labels``).
+Differs: ImageNet weights are given per run (``--config.model.pretrained``); the code's LSTM
+output dropout, learned initial states and forget-gate bias (as cmpm_f30k.py); the 1x1 heads
+keep the ResNet scope's kernel initialiser (MobileNet's scope: truncated normal, stddev 0.09).
+See docs/reproducing.md.
 
 Presets: ``cmpc`` (CMPM+CMPC), ``smoke`` (synthetic 64x64 images, small CNN, 3 steps).
 """
@@ -41,6 +48,10 @@ def get_config(arg=None):
     c.model.text = "bilstm_max"
     c.model.embed_dim = 512
     c.model.word_dim = 512
+    c.model.text_hidden = 512
+    c.model.text_dropout = 0.3
+    c.model.image_head = "projection_1x1"
+    c.model.text_head = "projection_1x1"
     c.model.normalize = False
     c.losses = [common.loss("cmpm", eps=1e-8)]
     if a.cmpc:

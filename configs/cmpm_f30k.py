@@ -16,15 +16,20 @@ Schedule: 15 @ 2e-4 frozen, 30 @ 2e-5.
 
 Recipe (paper Sec. 4.1 and the spec's "Authors' recipe", YingZhangDUT/Cross-Modal-Projection-
 Learning): Adam; batch 32; ResNet-152 frozen for 15 epochs at 2e-4, then all layers 30 epochs at
-2e-5 (no decay within a stage); 512-d embeddings fed unnormalised into the losses
-(``model.normalize=False``); Bi-LSTM max-pooled over time (``bilstm_max``), 512-d words; CMPM
-``eps=1e-8``; ``cmpc`` adds CMPC with one bias-free classifier whose columns are normalised
-(``model.classifier="norm"``), both losses weighted 1. No gradient clipping (none is stated).
-Differs: ImageNet weights are not loadable from the config yet; ``build_dual_encoder`` gives the
-Bi-LSTM ``embed_dim // 2`` = 256 units per direction and a linear image projection (the authors:
-512 units per direction, then a 1x1 conv + BatchNorm head, ``ProjectionHead1x1``, on both
-branches); evaluation ranks by dot products of the unnormalised outputs (the paper: cosine).
-See docs/reproducing.md.
+2e-5 (no decay within a stage); Bi-LSTM over 512-d words with 512 units per direction
+(``model.text_hidden``; the authors' ``num_lstm_units``), max-pooled over time (``bilstm_max``)
+to 1024-d; on both branches a bias-free 1x1 conv + BatchNorm to the 512-d embedding
+(``model.image_head = model.text_head = "projection_1x1"``, the authors'
+``build_joint_embeddings`` under the ResNet arg scope), fed unnormalised into the losses
+(``model.normalize=False``); CMPM ``eps=1e-8``; ``cmpc`` adds CMPC with one bias-free classifier
+whose columns are normalised (``model.classifier="norm"``), both losses weighted 1. No gradient
+clipping (none is stated). Dropout 0.3 on the Bi-LSTM's word embeddings: the code's
+``lstm_dropout_keep_prob`` 0.7 (the paper states none). Evaluation ranks by cosine similarity,
+as the paper's test stage.
+Differs: ImageNet weights are given per run (``--config.model.pretrained``,
+docs/reproducing.md); the code's LSTM dropout also drops the LSTM outputs, its initial states
+are learned and TF's forget-gate bias is 1 (here: embeddings only, zero states, Flax's
+initialisation).
 
 Presets: ``cmpc`` (CMPM+CMPC), ``smoke`` (synthetic 64x64 images, small CNN, 2 steps/stage).
 """
@@ -40,6 +45,10 @@ def get_config(arg=None):
     c.model.text = "bilstm_max"
     c.model.embed_dim = 512
     c.model.word_dim = 512
+    c.model.text_hidden = 512
+    c.model.text_dropout = 0.3
+    c.model.image_head = "projection_1x1"
+    c.model.text_head = "projection_1x1"
     c.model.normalize = False
     c.losses = [common.loss("cmpm", eps=1e-8)]
     if a.cmpc:

@@ -8,7 +8,9 @@ which the IMC, CMPM, dual-path, ConVSE and AOQ papers report in. With ``S = img_
 - image-to-text (i2t): the rank of image i is the number of captions scoring strictly higher than
   its best-scoring own caption (0-based);
 - text-to-image (t2i): the rank of caption j is the number of images scoring strictly higher
-  than its own image;
+  than its own image; with per-image labels (CUHK-PEDES identities), the number of images of
+  other labels scoring strictly higher than its best-scoring image of its own image's label
+  (R@K: some image of the right person among the top K, the PEDES protocol);
 - ``R@K = 100 * mean(rank < K)`` for K in (1, 5, 10), ``rsum`` = the six recalls summed,
   ``medr = floor(median(rank)) + 1``, ``meanr = mean(rank) + 1``.
 
@@ -21,8 +23,9 @@ Protocols: Flickr30K 1K and COCO 5K are ``recall_metrics`` on the whole test spl
 Memory: the ``[N, M]`` score matrix is never materialised. One jitted pass walks the captions in
 blocks; each ``[N, block]`` float32 block of scores feeds both directions, then is dropped. Peak
 working memory is that block plus two int32 ``[N, block]`` temporaries of XLA's count
-reductions: about 30 MB for N=5000 and ``BLOCK_SIZE`` 512 (the full COCO 5K matrix is 500 MB).
-Scores use float32 at ``Precision.HIGHEST`` on every backend.
+reductions: about 30 MB for N=5000 and ``BLOCK_SIZE`` 512 (the full COCO 5K matrix is 500 MB);
+``t2i`` with ``image_labels`` adds a masked copy of the block. Scores use float32 at
+``Precision.HIGHEST`` on every backend.
 
 Example::
 
@@ -71,16 +74,28 @@ def i2t(img_emb, cap_emb, *, caps_per_image: int = 5, cap_to_img=None) -> dict:
     return _summary(ranks_i2t)
 
 
-def t2i(img_emb, cap_emb, *, caps_per_image: int = 5, cap_to_img=None) -> dict:
+def t2i(
+    img_emb, cap_emb, *, caps_per_image: int = 5, cap_to_img=None, image_labels=None
+) -> dict:
     """Text-to-image retrieval (caption queries, image gallery), VSE++ protocol.
 
     Args: as ``i2t``; images without captions are allowed here (they are gallery items only).
+      image_labels: optional int ``[N]``, a label per image (CUHK-PEDES: the person). Every
+        image with the label of a caption's own image is then a positive of that caption, as
+        in the PEDES protocol (Li et al., CVPR 2017; the CMPM code's ``recall_at_k``: "at
+        least one ground-truth is retrieved among the top-K results"). ``None``: the own
+        image only.
 
     Returns:
       ``{"r1", "r5", "r10", "medr", "meanr"}`` as Python floats and ``"ranks"``, int ``[M]``:
-      the number of images scoring strictly higher than each caption's own image.
+      the number of images scoring strictly higher than each caption's own image; with
+      ``image_labels``, the number of images of other labels scoring strictly higher than the
+      caption's best-scoring positive.
     """
-    _, ranks_t2i = _ranks(img_emb, cap_emb, caps_per_image, cap_to_img, need_captions=False)
+    _, ranks_t2i = _ranks(
+        img_emb, cap_emb, caps_per_image, cap_to_img, need_captions=False,
+        image_labels=image_labels,
+    )
     return _summary(ranks_t2i)
 
 
@@ -193,11 +208,33 @@ def _caption_images(n: int, m: int, caps_per_image, cap_to_img) -> np.ndarray:
     return cap_to_img.astype(np.int32)
 
 
-def _ranks(img_emb, cap_emb, caps_per_image, cap_to_img, *, need_captions, block_size=None):
-    """Validated inputs -> (i2t ranks int64 ``[N]``, t2i ranks int64 ``[M]``) on the host."""
+def _label_ids(n: int, image_labels) -> np.ndarray | None:
+    """Validated ``image_labels`` as int32 ``[N]`` ids in ``[0, K)`` (equal labels, equal ids)."""
+    if image_labels is None:
+        return None
+    labels = np.asarray(image_labels)
+    if labels.shape != (n,):
+        raise ValueError(
+            f"image_labels must have shape [N] = ({n},), one label per image; got {labels.shape}."
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"image_labels must be an integer array; got dtype {labels.dtype}.")
+    # Raw ids (e.g. CUHK-PEDES person ids) may be any integers; only equality matters.
+    return np.unique(labels, return_inverse=True)[1].astype(np.int32)
+
+
+def _ranks(
+    img_emb, cap_emb, caps_per_image, cap_to_img, *, need_captions, block_size=None,
+    image_labels=None,
+):
+    """Validated inputs -> (i2t ranks int64 ``[N]``, t2i ranks int64 ``[M]``) on the host.
+
+    ``image_labels`` (int ``[N]`` or None) changes the t2i ranks only (see ``t2i``).
+    """
     img_emb, cap_emb = _check_embeddings(img_emb, cap_emb)
     n, m = img_emb.shape[0], cap_emb.shape[0]
     c2i = _caption_images(n, m, caps_per_image, cap_to_img)
+    labels = _label_ids(n, image_labels)
     if need_captions:
         uncaptioned = np.flatnonzero(np.bincount(c2i, minlength=n) == 0)
         if uncaptioned.size:
@@ -211,7 +248,8 @@ def _ranks(img_emb, cap_emb, caps_per_image, cap_to_img, *, need_captions, block
     if block < 1:
         raise ValueError(f"block_size must be positive; got {block_size}.")
     ranks_i2t, ranks_t2i, finite = _ranks_jit(
-        img_emb.astype(dtype), cap_emb.astype(dtype), jnp.asarray(c2i), block=block
+        img_emb.astype(dtype), cap_emb.astype(dtype), jnp.asarray(c2i),
+        None if labels is None else jnp.asarray(labels), block=block,
     )
     if not bool(finite):
         # A NaN score compares False with everything, which would silently give rank 0.
@@ -220,11 +258,12 @@ def _ranks(img_emb, cap_emb, caps_per_image, cap_to_img, *, need_captions, block
 
 
 @functools.partial(jax.jit, static_argnames=("block",))
-def _ranks_jit(img, cap, c2i, *, block):
+def _ranks_jit(img, cap, c2i, labels, *, block):
     """Both rank vectors from one block-wise pass over the captions.
 
     Args:
       img: ``[N, D]``; cap: ``[M, D]``; c2i: int32 ``[M]`` in ``[0, N)``.
+      labels: int32 ``[N]`` image labels for the t2i positives, or None (own image only).
       block: captions per block (static).
 
     Returns:
@@ -252,7 +291,12 @@ def _ranks_jit(img, cap, c2i, *, block):
         i2t_count = jnp.sum((s > best_own[:, None]) & not_own, axis=1, dtype=jnp.int32)
         # t2i compares every image with the own image's entry of this very block, so the own
         # image equals itself bit for bit and never counts.
-        own_b = jnp.take_along_axis(s, c2i_b[None, :], axis=0)  # [1, B]
+        if labels is None:
+            own_b = jnp.take_along_axis(s, c2i_b[None, :], axis=0)  # [1, B]
+        else:  # the best image of the caption's label, from the same block entries
+            same = labels[:, None] == labels[c2i_b][None, :]  # [N, B] positives per caption
+            own_b = jnp.max(jnp.where(same, s, -jnp.inf), axis=0, keepdims=True)  # [1, B]
+        # No positive scores above own_b (their maximum): only negatives are counted.
         t2i_rank = jnp.sum(s > own_b, axis=0, dtype=jnp.int32)  # [B]
         return i2t_acc + i2t_count, t2i_rank
 

@@ -408,6 +408,22 @@ def instance_loss(img_logits, txt_logits, labels, reduction="mean"):
     return total / n
 
 
+def weighted_instance_loss(img_logits, txt_logits, labels, image_weight=1.0, text_weight=1.0,
+                           reduction="mean"):
+    """Dual-path paper Eq. 9's instance terms `l2 * L_visual + l3 * L_textual` (spec L90-L92,
+    the stage weights rank:image:text), each term the softmax cross-entropy of Eq. 5-8 summed
+    (or averaged) over the batch. Returns `(loss, visual, textual)`, the terms unweighted."""
+    labs = [int(v) for v in np.asarray(labels).ravel()]
+    terms = []
+    for logits in (_f64(img_logits), _f64(txt_logits)):
+        term = 0.0
+        for i, c in enumerate(labs):
+            term += logsumexp(logits[i]) - logits[i, c]  # -log softmax(logits[i])[c]
+        terms.append(term / len(labs) if reduction == "mean" else term)
+    visual, textual = terms
+    return image_weight * visual + text_weight * textual, visual, textual
+
+
 # --------------------------------------------------------------------------------------------
 # ConVSE family (spec L98-L109)
 # --------------------------------------------------------------------------------------------

@@ -1,14 +1,22 @@
 """DualEncoder from config: every image/text/head combination maps a batch to the outputs the
 objective reads, with the shapes and normalisation it promises."""
 
+import re
+
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from itm_jax.models.dual_encoder import build_dual_encoder
+from itm_jax.models.heads import DualPathHead, ProjectionHead1x1
+from itm_jax.models.text import TextCNN
 from itm_jax.objective import objective
 
 B, F, E, V, C = 3, 12, 16, 20, 5
+
+# Tiny models: compiling dominates, so XLA's optimisation passes are skipped (conftest).
+pytestmark = pytest.mark.usefixtures("skip_xla_optimizations")
 
 
 def _batch(image: str):
@@ -71,3 +79,138 @@ def test_missing_sizes():
         build_dual_encoder(_cfg(), vocab_size=V, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="num_classes"):
         build_dual_encoder(_cfg(classifier="shared"), vocab_size=V, image_dim=F, rngs=nnx.Rngs(0))
+
+
+# ----- model options (config.model fields; defaults keep the plain builder) ---------------------
+def _params(model):
+    return nnx.to_flat_state(nnx.state(model, nnx.Param))
+
+
+def _count(model, *path):
+    for key in path:
+        model = getattr(model, key)
+    return sum(v.size for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize("image,text", [("precomp", "gru"), ("precomp", "bilstm_mean"),
+                                        ("small_cnn", "bilstm_max"), ("small_cnn", "text_cnn")])
+def test_option_defaults_keep_the_model(image, text):
+    plain = build_dual_encoder(_cfg(image=image, text=text), vocab_size=V, image_dim=F,
+                               rngs=nnx.Rngs(0))
+    explicit = build_dual_encoder(
+        _cfg(image=image, text=text, text_hidden=0, text_dropout=0.0, image_dropout=0.0,
+             text_cnn="small", image_head="linear", text_head="none"),
+        vocab_size=V, image_dim=F, rngs=nnx.Rngs(0))
+    a, b = _params(plain), _params(explicit)
+    assert [p for p, _ in a] == [p for p, _ in b]
+    for (path, x), (_, y) in zip(a, b):
+        np.testing.assert_array_equal(x[...], y[...], err_msg=str(path))
+    assert isinstance(getattr(plain.image_encoder, "fc"), nnx.Linear)
+    assert plain.txt_head is None
+
+
+def test_cmpm_bilstm_units_and_projection_heads():
+    # CMPM at paper size: 512 LSTM units per direction on 512-d words (1024-d max-pooled), then
+    # one 1x1 conv + BatchNorm to 512 on each branch (authors' build_joint_embeddings). ResNet-50
+    # stands in for ResNet-152 (the same 2048-d pooled features, a fifth of the tracing).
+    cfg = _cfg(image="resnet50", text="bilstm_max", embed_dim=512, word_dim=512, text_hidden=512,
+               image_head="projection_1x1", text_head="projection_1x1", normalize=False)
+    model = nnx.eval_shape(lambda: build_dual_encoder(cfg, vocab_size=V, rngs=nnx.Rngs(0)))
+    assert (model.text_encoder.hidden, model.text_encoder.out_dim) == (512, 1024)
+    # Per direction: 4 gates x (512 x 512 input + 512 x 512 recurrent + 512 bias), as TF's
+    # BasicLSTMCell kernel [1024, 2048] + bias [2048].
+    assert _count(model, "text_encoder", "forward_rnn") == 4 * (2 * 512 * 512 + 512) == 2_099_200
+    assert _count(model, "text_encoder", "backward_rnn") == 2_099_200
+    assert isinstance(model.image_encoder.fc, ProjectionHead1x1)
+    assert (model.image_encoder.fc.in_dim, model.image_encoder.fc.out_dim) == (2048, 512)
+    assert (model.txt_head.in_dim, model.txt_head.out_dim) == (1024, 512)
+    assert _count(model, "txt_head") == 1024 * 512 + 2 * 512
+    assert _count(model, "image_encoder", "fc") == 2048 * 512 + 2 * 512
+    # ResNet arg scope (decay 0.997, epsilon 1e-5) for ResNets, MobileNet's for MobileNet.
+    for head in (model.image_encoder.fc, model.txt_head):
+        assert (head.bn.momentum, head.bn.epsilon) == (0.997, 1e-5)
+    mobile = nnx.eval_shape(lambda: build_dual_encoder(
+        {**cfg, "image": "mobilenet"}, vocab_size=V, rngs=nnx.Rngs(0)))
+    assert mobile.image_encoder.fc.in_dim == 1024
+    for head in (mobile.image_encoder.fc, mobile.txt_head):
+        assert (head.bn.momentum, head.bn.epsilon) == (0.9997, 1e-3)
+
+
+def test_cmpm_heads_are_trained_with_batch_statistics():
+    cfg = _cfg(image="small_cnn", text="bilstm_max", text_hidden=12, image_head="projection_1x1",
+               text_head="projection_1x1", normalize=False)
+    model = build_dual_encoder(cfg, vocab_size=V, rngs=nnx.Rngs(0))
+    out = model(_batch("small_cnn"))
+    assert out["img_feat"].shape == out["txt_feat"].shape == (B, E)
+    for feat in (out["img_feat"], out["txt_feat"]):  # BatchNorm output, no activation
+        np.testing.assert_allclose(np.asarray(feat).mean(axis=0), 0.0, atol=1e-5)
+    assert np.abs(np.asarray(model.txt_head.bn.mean[...])).max() > 0  # running stats moved
+    model.eval()
+    first = model(_batch("small_cnn"))["txt_feat"]
+    np.testing.assert_array_equal(first, model(_batch("small_cnn"))["txt_feat"])
+
+
+def test_dual_path_paper_size_text_cnn_and_image_head():
+    cfg = _cfg(image="resnet50", text="text_cnn", embed_dim=2048, word_dim=300, max_len=32,
+               text_cnn="paper", image_head="dual_path", text_dropout=0.75, image_dropout=0.75,
+               classifier="shared", normalize=False)
+    model = nnx.eval_shape(lambda: build_dual_encoder(cfg, vocab_size=V, num_classes=29_783,
+                                                      rngs=nnx.Rngs(0)))
+    paper = nnx.eval_shape(lambda: TextCNN.paper(V, rngs=nnx.Rngs(0)))
+    assert [p for p, _ in _params(model.text_encoder)] == [p for p, _ in _params(paper)]
+    assert _count(model, "text_encoder") == _count(paper)
+    assert model.text_encoder.dropout.rate == 0.75
+    head = model.image_encoder.fc
+    assert isinstance(head, DualPathHead) and head.dropout.rate == 0.75
+    # Sec. III-A: fc 2048 -> 2048, BN, ReLU, fc 2048 -> 2048 (+ the code's BN), bias-free.
+    assert _count(model, "image_encoder", "fc") == 2 * 2048 * 2048 + 2 * 2 * 2048
+    # W_share: 2,048 x 29,783 with bias (Sec. IV-B).
+    assert _count(model, "classifier") == 2048 * 29_783 + 29_783
+
+
+@pytest.mark.parametrize("text", ["bilstm_mean", "bilstm_max", "text_cnn"])
+def test_text_dropout_changes_training_outputs_only(text):
+    kw = {"text": text, "image": "small_cnn", "normalize": False}
+    model = build_dual_encoder(_cfg(**kw, text_dropout=0.5), vocab_size=V, rngs=nnx.Rngs(0))
+    plain = build_dual_encoder(_cfg(**kw), vocab_size=V, rngs=nnx.Rngs(0))
+    batch = _batch("small_cnn")
+    if text == "text_cnn":  # the position shift is random in training too; it is tested alone
+        for m in (model, plain):
+            m.text_encoder.deterministic = True
+    a, b = model.embed_captions(batch), model.embed_captions(batch)
+    assert not np.allclose(a, b)
+    # Two training calls each, so that the text CNN's BatchNorm statistics (before the
+    # dropout) agree; with the same weights, training without dropout gives other outputs.
+    plain.embed_captions(batch)
+    assert not np.allclose(a, plain.embed_captions(batch))
+    model.eval()
+    plain.eval()
+    np.testing.assert_array_equal(model.embed_captions(batch), model.embed_captions(batch))
+    np.testing.assert_allclose(model.embed_captions(batch), plain.embed_captions(batch),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_image_dropout_changes_training_outputs_only():
+    kw = {"image": "small_cnn", "image_head": "dual_path", "normalize": False}
+    model = build_dual_encoder(_cfg(**kw, image_dropout=0.5), vocab_size=V, rngs=nnx.Rngs(0))
+    batch = _batch("small_cnn")
+    assert not np.allclose(model.embed_images(batch), model.embed_images(batch))
+    model.eval()
+    np.testing.assert_array_equal(model.embed_images(batch), model.embed_images(batch))
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"image_head": "mlp"}, "model.image_head"),
+    ({"text_head": "mlp"}, "model.text_head"),
+    ({"text": "text_cnn", "text_cnn": "big"}, "model.text_cnn"),
+    ({"image_head": "dual_path"}, "precomp"),
+    ({"image": "small_cnn", "image_dropout": 0.5}, "image_dropout"),
+    ({"text_dropout": 0.5}, "GRU"),
+    ({"text": "text_cnn", "text_hidden": 8}, "text_hidden"),
+    ({"text_cnn": "paper"}, "model.text='text_cnn'"),
+    ({"text": "bilstm_max", "text_head": "projection_1x1", "convse_head": True}, "choose one"),
+    ({"text": "bilstm_mean", "text_hidden": 8}, "text_head='projection_1x1'"),
+])
+def test_bad_option_combinations(kw, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        build_dual_encoder(_cfg(**kw), vocab_size=V, image_dim=F, rngs=nnx.Rngs(0))

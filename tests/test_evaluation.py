@@ -125,6 +125,109 @@ def test_t2i_allows_images_without_captions_i2t_does_not():
             fn(img, cap, cap_to_img=c2i)
 
 
+# ---------------------------------------------------------------- t2i with image labels (PEDES)
+
+
+def brute_t2i_label_ranks(scores, cap_to_img, labels):
+    """Per caption: other-label images scoring strictly above its best same-label image."""
+    ranks = np.zeros(scores.shape[1], np.int64)
+    for j in range(scores.shape[1]):
+        positives = [i for i in range(scores.shape[0]) if labels[i] == labels[cap_to_img[j]]]
+        best = max(scores[i, j] for i in positives)
+        ranks[j] = sum(1 for i in range(scores.shape[0])
+                       if labels[i] != labels[cap_to_img[j]] and scores[i, j] > best)
+    return ranks
+
+
+def brute_recall_at_k(scores, cap_to_img, labels, k):
+    """The CMPM code's ``recall_at_k``: a hit when some top-k image has the caption's label."""
+    hits = 0
+    for j in range(scores.shape[1]):
+        top = np.argsort(-scores[:, j], kind="stable")[:k]
+        hits += any(labels[i] == labels[cap_to_img[j]] for i in top)
+    return 100.0 * hits / scores.shape[1]
+
+
+@pytest.mark.parametrize("n, caps, d, block, persons", [
+    (24, 2, 8, 5, 6),  # CUHK-PEDES layout: two captions per image, four images per person
+    (30, 1, 16, None, 30),  # one person per image: the own-image protocol
+    (17, 3, 8, 4, 1),  # one person: every caption ranks 0
+])
+def test_t2i_image_labels_match_brute_force(n, caps, d, block, persons):
+    rng = np.random.default_rng(n + persons)
+    img, cap = exact_embeddings(rng, n, d), exact_embeddings(rng, n * caps, d)
+    c2i = rng.permutation(np.repeat(np.arange(n), caps))
+    labels = 1000 + 7 * rng.permutation(np.arange(n) % persons)  # raw ids: only equality counts
+    s = scores64(img, cap)
+    _, got = ev._ranks(img, cap, caps, c2i, need_captions=False, block_size=block,
+                       image_labels=labels)
+    want = brute_t2i_label_ranks(s, c2i, labels)
+    np.testing.assert_array_equal(got, want)
+    out = ev.t2i(img, cap, cap_to_img=c2i, image_labels=labels)
+    np.testing.assert_array_equal(out["ranks"], want)
+    if persons == n:
+        np.testing.assert_array_equal(want, ref_t2i_ranks(s, c2i))
+    elif persons == 1:
+        assert (want == 0).all()
+    else:  # another image of the person outranks the caption's own image for some captions
+        assert (want < ref_t2i_ranks(s, c2i)).any()
+    # Without ties in a caption's scores, R@K is the top-K hit rate of the CMPM code.
+    assert all(len(set(s[:, j])) == n for j in range(s.shape[1]))
+    for k in (1, 5, 10):
+        assert out[f"r{k}"] == pytest.approx(brute_recall_at_k(s, c2i, labels, k))
+
+
+def test_t2i_image_labels_hand_built():
+    # Images 0, 1 show person 5, image 2 person 9. Caption 0 (of image 0) scores image 1 best:
+    # a hit at rank 0 by identity, rank 1 by own image. Caption 1 (of image 2) scores image 0
+    # and image 1 above image 2: rank 2 either way.
+    img = np.eye(3, dtype=np.float32)
+    cap = np.array([[0.5, 0.9, 0.1], [0.8, 0.7, 0.3]], np.float32)
+    own = ev.t2i(img, cap, cap_to_img=np.array([0, 2]))
+    person = ev.t2i(img, cap, cap_to_img=np.array([0, 2]), image_labels=np.array([5, 5, 9]))
+    np.testing.assert_array_equal(own["ranks"], [1, 2])
+    np.testing.assert_array_equal(person["ranks"], [0, 2])
+    assert (person["r1"], own["r1"]) == (50.0, 0.0)
+
+
+def test_t2i_protocol_passes_the_identities():
+    from itm_jax.train import protocol_metrics
+
+    img = np.eye(3, dtype=np.float32)
+    cap = np.array([[0.5, 0.9, 0.1], [0.8, 0.7, 0.3]], np.float32)
+    c2i, persons = np.array([0, 2]), np.array([5, 5, 9])
+    own = protocol_metrics(img, cap, c2i, "t2i")
+    person = protocol_metrics(img, cap, c2i, "t2i", image_labels=persons)
+    assert (own["t2i_r1"], person["t2i_r1"]) == (0.0, 50.0)
+    assert person["rsum"] == person["t2i_r1"] + person["t2i_r5"] + person["t2i_r10"]
+    assert set(person) == {f"t2i_{k}" for k in METRIC_KEYS} | {"rsum"}
+
+
+def test_trainer_evaluates_cuhk_pedes_by_identity():
+    # The trainer's test metrics hand a source's per-image `labels` (CuhkPedesSource's
+    # identities) to the t2i protocol; a stand-in trainer keeps this free of a model.
+    from types import SimpleNamespace
+
+    from itm_jax.train import Trainer
+
+    img = np.eye(3, dtype=np.float32)
+    cap = np.array([[0.5, 0.9, 0.1], [0.8, 0.7, 0.3]], np.float32)
+    pedes = SimpleNamespace(cap_to_img=np.array([0, 2]), labels=np.array([2, 2, 0]))
+    plain = SimpleNamespace(cap_to_img=np.array([0, 2]))  # a source without identities
+    for src, r1 in ((pedes, 50.0), (plain, 0.0)):
+        trainer = SimpleNamespace(sources={"test": src},
+                                  config=SimpleNamespace(eval_protocol="t2i"))
+        assert Trainer.metrics(trainer, img, cap, "test")["t2i_r1"] == r1
+
+
+def test_t2i_image_labels_errors():
+    img, cap = np.ones((4, 3), np.float32), np.ones((8, 3), np.float32)
+    with pytest.raises(ValueError, match=r"image_labels must have shape \[N\] = \(4,\)"):
+        ev.t2i(img, cap, caps_per_image=2, image_labels=np.zeros(8, int))
+    with pytest.raises(ValueError, match="image_labels must be an integer array"):
+        ev.t2i(img, cap, caps_per_image=2, image_labels=np.zeros(4))
+
+
 def test_sharded_inputs_give_the_same_ranks():
     rng = np.random.default_rng(4)
     img, cap = exact_embeddings(rng, 16, 8), exact_embeddings(rng, 80, 8)

@@ -102,6 +102,55 @@ def test_instance_jit_and_vmap():
     assert_close(vm, eager, rtol=1e-10)
 
 
+# The stage weights image:text of the paper (1:1), the authors' COCO / Flickr30K (1:0.1) and
+# CUHK-PEDES (1:0.5) stage-II scripts, one branch alone, and an asymmetric pair.
+WEIGHTS = [(1.0, 1.0), (1.0, 0.1), (1.0, 0.5), (0.0, 1.0), (1.0, 0.0), (0.3, 2.0)]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("image_weight,text_weight", WEIGHTS)
+def test_instance_weights_match_reference(image_weight, text_weight, reduction):
+    rng = np.random.default_rng(20)
+    li, lt, labels = _logits(rng, 9)
+    lt = 0.2 * lt  # flatter text logits: L_textual near log(C), far from L_visual
+    want, visual, textual = ref.weighted_instance_loss(li, lt, labels, image_weight, text_weight,
+                                                       reduction)
+    assert abs(visual - textual) > 0.1  # the weights are told apart
+    with jax.enable_x64(True):
+        got, aux = jax.jit(lambda a, c, lab: losses.instance_loss(
+            a, c, lab, image_weight=image_weight, text_weight=text_weight, reduction=reduction,
+            with_aux=True))(jnp.asarray(li), jnp.asarray(lt), jnp.asarray(labels))
+    assert_close(got, want)
+    # The auxiliary terms are the unweighted cross-entropies.
+    assert_close(aux["visual"], visual)
+    assert_close(aux["textual"], textual)
+
+
+def test_instance_default_weights_are_the_spec_sum():
+    rng = np.random.default_rng(21)
+    li, lt, labels = _logits(rng, 6)
+    with jax.enable_x64(True):
+        got = losses.instance_loss(jnp.asarray(li), jnp.asarray(lt), jnp.asarray(labels))
+    assert_close(got, ref.instance_loss(li, lt, labels, "mean"))
+
+
+def test_instance_zero_weight_stops_that_branchs_gradient():
+    rng = np.random.default_rng(22)
+    li, lt, labels = _logits(rng, 5, c=4)
+    with jax.enable_x64(True):
+        lab = jnp.asarray(labels)
+        g_img, g_txt = jax.jit(jax.grad(
+            lambda a, c: losses.instance_loss(a, c, lab, image_weight=0.5, text_weight=0.0),
+            argnums=(0, 1)))(jnp.asarray(li), jnp.asarray(lt))
+        full = jax.grad(lambda a: losses.instance_loss(a, jnp.asarray(lt), lab))(jnp.asarray(li))
+    np.testing.assert_array_equal(np.asarray(g_txt), 0.0)
+    assert_close(g_img, 0.5 * np.asarray(full), rtol=1e-12)
+    # The gradient is the reference's, weighted (central differences of the loop reference).
+    want = ref.numerical_grad(
+        lambda a: ref.weighted_instance_loss(a, lt, labels, 0.5, 0.0)[0], li)
+    assert_close(g_img, want, rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize("case", ["txt_shape", "labels_len", "rank", "labels_rank",
                                   "reduction"])
 def test_instance_value_errors(case):

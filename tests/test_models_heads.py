@@ -1,4 +1,5 @@
-"""Heads: ConVSE MLP, dual-path shared classifier, CMPC weight, CMPM 1x1-conv + BatchNorm."""
+"""Heads: ConVSE MLP, dual-path shared classifier and image head, CMPC weight, CMPM 1x1-conv +
+BatchNorm."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import pytest
 from flax import nnx
 
 from itm_jax.losses import cmpc, instance_loss
-from itm_jax.models.heads import ConVSEHead, NormClassifier, ProjectionHead1x1, SharedClassifier
+from itm_jax.models.heads import (
+    ConVSEHead,
+    DualPathHead,
+    NormClassifier,
+    ProjectionHead1x1,
+    SharedClassifier,
+)
 
 B, D, C = 6, 10, 7
 
@@ -151,6 +158,89 @@ def test_projection_head_tracks_running_statistics_for_eval():
     np.testing.assert_allclose(head(x), (h - mean) / jnp.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
 
 
+def test_projection_head_cmpm_sizes():
+    # CMPM's text head on the 512-unit Bi-LSTM (1024-d pooled), the image head on ResNet-152.
+    text = nnx.eval_shape(lambda: ProjectionHead1x1(1024, 512, rngs=nnx.Rngs(0)))
+    image = nnx.eval_shape(lambda: ProjectionHead1x1(2048, 512, rngs=nnx.Rngs(0)))
+    count = lambda m: sum(v.size for v in jax.tree.leaves(nnx.state(m, nnx.Param)))  # noqa: E731
+    assert count(text) == 1024 * 512 + 2 * 512 == 525_312
+    assert count(image) == 2048 * 512 + 2 * 512 == 1_049_600
+
+
+# ---------------------------------------------------------------- dual-path image head
+
+
+def test_dual_path_head_paper_sizes():
+    head = nnx.eval_shape(lambda: DualPathHead(rngs=nnx.Rngs(0)))
+    # Sec. III-A: fc 2048 -> 2048, BatchNorm, ReLU, fc 2048 -> 2048 (bias-free in the code),
+    # plus the code's second BatchNorm.
+    assert param_paths(head) == {
+        ("fc1", "kernel"): (2048, 2048),
+        ("bn1", "scale"): (2048,),
+        ("bn1", "bias"): (2048,),
+        ("fc2", "kernel"): (2048, 2048),
+        ("bn2", "scale"): (2048,),
+        ("bn2", "bias"): (2048,),
+    }
+    assert sum(v.size for v in jax.tree.leaves(nnx.state(head, nnx.Param))) == 8_396_800
+    paper = nnx.eval_shape(lambda: DualPathHead(variant="paper", rngs=nnx.Rngs(0)))
+    assert ("bn2", "scale") not in param_paths(paper) and paper.bn2 is None
+
+
+def test_dual_path_head_computes_fc_bn_relu_fc():
+    head = DualPathHead(D, 5, hidden=8, rngs=nnx.Rngs(0))
+    paper = DualPathHead(D, 5, hidden=8, variant="paper", rngs=nnx.Rngs(0))
+    x = features(1) * 2.0 + 0.5
+
+    def bn(h):  # training mode, fresh scale 1 and bias 0: batch statistics
+        return (h - h.mean(axis=0)) / jnp.sqrt(h.var(axis=0) + 1e-5)
+
+    hidden = jax.nn.relu(bn(x @ head.fc1.kernel[...]))
+    np.testing.assert_allclose(head(x), jax.nn.relu(bn(hidden @ head.fc2.kernel[...])),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(paper(x), hidden @ paper.fc2.kernel[...], rtol=1e-4, atol=1e-5)
+    assert (np.asarray(head(x)) >= 0).all() and (np.asarray(paper(x)) < 0).any()
+    assert head(x).shape == (B, 5) and head.out_dim == 5
+
+
+def test_dual_path_head_eval_uses_running_statistics():
+    head = DualPathHead(D, 5, hidden=8, rngs=nnx.Rngs(0))
+    x = features(1) * 3.0 + 1.0
+    head(x)  # one training step moves the running means away from 0
+    assert np.abs(np.asarray(head.bn1.mean[...])).max() > 0
+    head.eval()
+    h = jax.nn.relu((x @ head.fc1.kernel[...] - head.bn1.mean[...])
+                    / jnp.sqrt(head.bn1.var[...] + 1e-5))
+    h = (h @ head.fc2.kernel[...] - head.bn2.mean[...]) / jnp.sqrt(head.bn2.var[...] + 1e-5)
+    np.testing.assert_allclose(head(x), jax.nn.relu(h), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(head(x[:2]), head(x)[:2])  # no batch dependence in eval
+
+
+def test_dual_path_head_dropout_only_in_training():
+    head = DualPathHead(D, 256, dropout=0.75, rngs=nnx.Rngs(0))
+    plain = DualPathHead(D, 256, rngs=nnx.Rngs(0))  # same weights: dropout's rng is forked last
+    x = features(1)
+    base = np.asarray(plain(x))  # training mode: the same batch statistics, no dropout
+    first, second = np.asarray(head(x)), np.asarray(head(x))
+    assert not np.array_equal(first, second)  # a fresh mask per call
+    # Inverted dropout: kept units scaled by 1 / (1 - 0.75), about a quarter kept.
+    kept = second != 0
+    np.testing.assert_allclose(second[kept], base[kept] / 0.25, rtol=1e-5)
+    assert 0.15 < kept[base > 0].mean() < 0.35
+    plain(x)  # two training calls each: the same running statistics (dropout comes after)
+    head.eval()
+    plain.eval()
+    np.testing.assert_allclose(head(x), plain(x), rtol=1e-6)  # no dropout in eval mode
+    np.testing.assert_array_equal(head(x), head(x))
+
+
+def test_dual_path_head_rejects_bad_options():
+    with pytest.raises(ValueError, match="variant"):
+        DualPathHead(D, 4, variant="code", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="dropout"):
+        DualPathHead(D, 4, dropout=1.0, rngs=nnx.Rngs(0))
+
+
 def test_heads_under_jit_with_split_and_merge():
     heads = nnx.List(
         [
@@ -181,6 +271,7 @@ def test_heads_under_jit_with_split_and_merge():
         lambda: ConVSEHead(D, 16, rngs=nnx.Rngs(0)),
         lambda: SharedClassifier(D, C, rngs=nnx.Rngs(0)),
         lambda: ProjectionHead1x1(D, 4, rngs=nnx.Rngs(0)),
+        lambda: DualPathHead(D, 4, rngs=nnx.Rngs(0)),
     ],
 )
 @pytest.mark.parametrize("shape", [(B, D + 1), (B,), (2, B, D)])
@@ -197,6 +288,7 @@ def test_heads_reject_features_of_the_wrong_shape(make, shape):
         lambda: SharedClassifier(D, 0, rngs=nnx.Rngs(0)),
         lambda: NormClassifier(-1, C, rngs=nnx.Rngs(0)),
         lambda: ProjectionHead1x1(D, 0, rngs=nnx.Rngs(0)),
+        lambda: DualPathHead(D, 4, hidden=0, rngs=nnx.Rngs(0)),
     ],
 )
 def test_heads_reject_non_positive_sizes(make):

@@ -29,6 +29,7 @@ from itm_jax.models import (
     resnet50,
     resnet152,
 )
+from itm_jax.models.heads import ProjectionHead1x1
 from itm_jax.models.resnet import torch_conv
 
 F, D = 12, 6  # precomputed feature and embedding dims of the small projections
@@ -331,6 +332,32 @@ def test_frozen_backbone_gets_zero_gradient_and_keeps_its_statistics():
     backbone, _ = _split_grads(grads)
     assert all(np.abs(g).max() > 0 for g in backbone)
     assert all(not np.allclose(a, b) for a, b in zip(stats, batch_stats(enc), strict=True))
+
+
+def test_encoder_head_replaces_the_linear_layer_and_trains_while_frozen():
+    # CMPM's 1x1 conv + BatchNorm after the frozen CNN (paper Sec. 4.1: image encoder fixed
+    # for 15 epochs); its statistics update in training mode while the backbone's stay.
+    def build(rngs):
+        return small_encoder(rngs, head=ProjectionHead1x1(8, D, rngs=rngs), freeze_backbone=True,
+                             normalize=False)
+
+    enc = materialize(build)
+    assert isinstance(enc.fc, ProjectionHead1x1)
+    stats, head_mean = batch_stats(enc.backbone), np.asarray(enc.fc.bn.mean[...])
+    x = images(2)
+    grads = nnx.jit(nnx.grad(_loss))(enc, x)
+    backbone, head = _split_grads(grads)
+    assert all((g == 0).all() for g in backbone) and all(np.abs(g).max() > 0 for g in head)
+    for a, b in zip(stats, batch_stats(enc.backbone), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(head_mean, enc.fc.bn.mean[...])
+    out = np.asarray(enc(x))  # training mode: the head's batch statistics, no normalisation
+    np.testing.assert_allclose(out.mean(axis=0), enc.fc.bn.bias[...], atol=1e-5)
+    enc.eval()
+    feats = enc.backbone(x, use_running_average=True)
+    np.testing.assert_allclose(enc(x), enc.fc(feats), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="feat_dim=8 -> embed_dim=6"):
+        small_encoder(nnx.Rngs(0), head=ProjectionHead1x1(8, D + 1, rngs=nnx.Rngs(0)))
 
 
 def test_encoder_train_and_eval_modes_drive_backbone_batchnorm():

@@ -1,9 +1,10 @@
 """The two-branch model: a batch in, the model outputs the objective reads out.
 
 ``DualEncoder`` owns one image encoder, one text encoder and the optional heads of the papers
-(ConVSE projection heads, the dual-path shared classifier, the CMPC classifier), and maps a
-batch to ``(img_feat, txt_feat)`` plus the heads' outputs. ``build_dual_encoder(config.model,
-...)`` builds it from an ml-collections config.
+(ConVSE projection heads, CMPM's 1x1-conv heads, the dual-path shared classifier, the CMPC
+classifier; a CNN image encoder owns the layers after its backbone, e.g. the dual-path
+``DualPathHead``), and maps a batch to ``(img_feat, txt_feat)`` plus the heads' outputs.
+``build_dual_encoder(config.model, ...)`` builds it from an ml-collections config.
 """
 
 from __future__ import annotations
@@ -12,19 +13,36 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from itm_jax.models.heads import ConVSEHead, NormClassifier, SharedClassifier
+from itm_jax.models.heads import (
+    ConVSEHead,
+    DualPathHead,
+    NormClassifier,
+    ProjectionHead1x1,
+    SharedClassifier,
+)
 from itm_jax.models.image import ImageEncoder, PrecompProjection, SmallCNN
 from itm_jax.models.mobilenet import MobileNetV1
 from itm_jax.models.resnet import resnet50, resnet152
-from itm_jax.models.text import BiLSTMTextEncoder, GRUTextEncoder, TextCNN
+from itm_jax.models.text import (
+    PAPER_BLOCKS,
+    SMALL_BLOCKS,
+    BiLSTMTextEncoder,
+    GRUTextEncoder,
+    TextCNN,
+)
 from itm_jax.similarity import l2_normalize
 
 IMAGE_ENCODERS = ("precomp", "small_cnn", "resnet50", "resnet152", "mobilenet")
 TEXT_ENCODERS = ("gru", "bilstm_mean", "bilstm_max", "text_cnn")
 CLASSIFIERS = ("none", "shared", "norm")
+IMAGE_HEADS = ("linear", "projection_1x1", "dual_path")
+TEXT_HEADS = ("none", "projection_1x1")
+TEXT_CNN_BLOCKS = ("small", "paper")
+# Architecture options of the paper recipes and their defaults, which build the plain encoders.
+OPTIONS = {"text_hidden": 0, "text_dropout": 0.0, "text_cnn": "small", "image_head": "linear",
+           "image_dropout": 0.0, "text_head": "none"}
 
 
 class DualEncoder(nnx.Module):
@@ -85,9 +103,23 @@ def build_dual_encoder(
     """``DualEncoder`` from ``config.model``.
 
     Config fields: ``image`` (one of ``IMAGE_ENCODERS``), ``text`` (one of ``TEXT_ENCODERS``),
-    ``embed_dim``, ``word_dim``, ``max_len`` (the text CNN's window), ``normalize`` (L2-normalise the branch outputs),
-    ``freeze_backbone``, ``small_cnn_dim``, ``mobilenet_alpha``, ``convse_head`` (bool; ConVSE's
-    MLP on both branches), ``classifier`` (one of ``CLASSIFIERS``).
+    ``embed_dim``, ``word_dim``, ``max_len`` (the text CNN's window), ``normalize`` (L2-normalise
+    the branch outputs), ``freeze_backbone``, ``small_cnn_dim``, ``mobilenet_alpha``,
+    ``convse_head`` (bool; ConVSE's MLP on both branches), ``classifier`` (one of
+    ``CLASSIFIERS``), and the ``OPTIONS``, whose defaults build the plain encoders:
+
+    - ``text_hidden``: recurrent units (per direction for the Bi-LSTM); 0 derives them from
+      ``embed_dim`` (``embed_dim``, or ``embed_dim // 2`` for ``bilstm_max``, whose two
+      directions are concatenated). CMPM: 512 per direction, i.e. 1024-d pooled features.
+    - ``text_dropout``: drop probability of the text encoder in training mode (the Bi-LSTM's
+      word embeddings, the text CNN's output); IMC 0.5, dual-path 0.75. The GRU has none.
+    - ``text_cnn``: the text CNN's residual stack, one of ``TEXT_CNN_BLOCKS`` (``"paper"`` with
+      ``word_dim=300, embed_dim=2048`` is ``TextCNN.paper``).
+    - ``image_head``: the layers after a CNN backbone, one of ``IMAGE_HEADS``: VSE++'s Xavier
+      ``"linear"``, CMPM's ``"projection_1x1"`` (``ProjectionHead1x1``) or the dual-path
+      ``"dual_path"`` (``DualPathHead``, its dropout ``image_dropout``).
+    - ``text_head``: ``"none"`` or ``"projection_1x1"`` (CMPM's 1x1 conv + BatchNorm from the
+      text features to ``embed_dim``), one of ``TEXT_HEADS``.
 
     Args:
       cfg: the model config. vocab_size: words of the vocabulary. num_classes: classifier
@@ -97,13 +129,19 @@ def build_dual_encoder(
     """
     image, text = cfg["image"], cfg["text"]
     embed, word = cfg["embed_dim"], cfg["word_dim"]
-    if image not in IMAGE_ENCODERS:
-        raise ValueError(f"Unknown model.image={image!r}; valid: {', '.join(IMAGE_ENCODERS)}.")
-    if text not in TEXT_ENCODERS:
-        raise ValueError(f"Unknown model.text={text!r}; valid: {', '.join(TEXT_ENCODERS)}.")
     classifier = cfg.get("classifier", "none")
-    if classifier not in CLASSIFIERS:
-        raise ValueError(f"Unknown model.classifier={classifier!r}; valid: {', '.join(CLASSIFIERS)}.")
+    opt = {k: cfg.get(k, v) for k, v in OPTIONS.items()}
+    for field, value, valid in (("image", image, IMAGE_ENCODERS), ("text", text, TEXT_ENCODERS),
+                                ("classifier", classifier, CLASSIFIERS),
+                                ("image_head", opt["image_head"], IMAGE_HEADS),
+                                ("text_head", opt["text_head"], TEXT_HEADS),
+                                ("text_cnn", opt["text_cnn"], TEXT_CNN_BLOCKS)):
+        if value not in valid:
+            raise ValueError(f"Unknown model.{field}={value!r}; valid: {', '.join(valid)}.")
+    _check_options(image, text, opt, convse_head=cfg.get("convse_head", False))
+    # TF-slim arg scope (BatchNorm decay, epsilon) of the CMPM authors' image network, which
+    # both 1x1-conv heads are built under.
+    slim_bn = {"momentum": 0.9997, "epsilon": 1e-3} if image == "mobilenet" else {}
     # The branch encoders normalise nothing themselves: `DualEncoder` normalises after the heads.
     if image == "precomp":
         if image_dim <= 0:
@@ -116,25 +154,42 @@ def build_dual_encoder(
             "resnet152": lambda: resnet152(rngs=rngs),
             "mobilenet": lambda: MobileNetV1(cfg.get("mobilenet_alpha", 1.0), rngs=rngs),
         }[image]()
+        head = {
+            "linear": lambda: None,
+            "projection_1x1": lambda: ProjectionHead1x1(backbone.feat_dim, embed, **slim_bn,
+                                                        rngs=rngs),
+            "dual_path": lambda: DualPathHead(backbone.feat_dim, embed,
+                                              dropout=opt["image_dropout"], rngs=rngs),
+        }[opt["image_head"]]()
         image_encoder = ImageEncoder(
             backbone, backbone.feat_dim, embed, freeze_backbone=cfg.get("freeze_backbone", False),
-            normalize=False, rngs=rngs,
+            head=head, normalize=False, rngs=rngs,
         )
     if text == "gru":
-        text_encoder = GRUTextEncoder(vocab_size, word, embed, normalize=False,
-                                      pretrained=word_vectors, rngs=rngs)
+        text_encoder = GRUTextEncoder(vocab_size, word, opt["text_hidden"] or embed,
+                                      normalize=False, pretrained=word_vectors, rngs=rngs)
     elif text.startswith("bilstm"):
         pooling = "last_mean" if text == "bilstm_mean" else "max"
-        hidden = embed if pooling == "last_mean" else embed // 2
+        hidden = opt["text_hidden"] or (embed if pooling == "last_mean" else embed // 2)
         text_encoder = BiLSTMTextEncoder(vocab_size, word, hidden, pooling=pooling,
-                                         normalize=False, pretrained=word_vectors, rngs=rngs)
+                                         normalize=False, dropout=opt["text_dropout"],
+                                         pretrained=word_vectors, rngs=rngs)
     else:
-        text_encoder = TextCNN(vocab_size, word, seq_len=cfg.get("max_len", 32), head_dim=embed,
-                               pretrained=word_vectors, rngs=rngs)
+        blocks = PAPER_BLOCKS if opt["text_cnn"] == "paper" else SMALL_BLOCKS
+        text_encoder = TextCNN(vocab_size, word, seq_len=cfg.get("max_len", 32), blocks=blocks,
+                               head_dim=embed, dropout=opt["text_dropout"], pretrained=word_vectors,
+                               rngs=rngs)
     heads = {}
     if cfg.get("convse_head", False):
         heads = {"img_head": ConVSEHead(embed, 2 * embed, rngs=rngs),
                  "txt_head": ConVSEHead(embed, 2 * embed, rngs=rngs)}
+    if opt["text_head"] == "projection_1x1":
+        heads["txt_head"] = ProjectionHead1x1(text_encoder.out_dim, embed, **slim_bn, rngs=rngs)
+    elif text_encoder.out_dim != embed:
+        raise ValueError(
+            f"The {text} encoder gives {text_encoder.out_dim}-d features "
+            f"(model.text_hidden={opt['text_hidden']}) but embed_dim={embed}; set "
+            "model.text_head='projection_1x1' to map them to embed_dim.")
     if classifier != "none" and num_classes <= 0:
         raise ValueError(f"model.classifier={classifier!r} needs num_classes > 0.")
     cls = {"none": lambda: None,
@@ -142,3 +197,22 @@ def build_dual_encoder(
            "norm": lambda: NormClassifier(embed, num_classes, rngs=rngs)}[classifier]()
     return DualEncoder(image_encoder, text_encoder, classifier=cls,
                        normalize=cfg.get("normalize", True), **heads)
+
+
+def _check_options(image: str, text: str, opt: Mapping[str, Any], *, convse_head: bool) -> None:
+    """Reject option combinations the builder would otherwise silently ignore."""
+    if image == "precomp" and opt["image_head"] != "linear":
+        raise ValueError(f"model.image_head={opt['image_head']!r} follows a CNN backbone; "
+                         "model.image='precomp' has its own linear projection.")
+    if opt["image_dropout"] and opt["image_head"] != "dual_path":
+        raise ValueError("model.image_dropout is the dropout of model.image_head='dual_path'.")
+    if text == "gru" and opt["text_dropout"]:
+        raise ValueError("model.text_dropout: the GRU encoder (VSE++) has no dropout.")
+    if text == "text_cnn" and opt["text_hidden"]:
+        raise ValueError("model.text_hidden sizes recurrent encoders; the text CNN's output is "
+                         "embed_dim (its blocks: model.text_cnn).")
+    if text != "text_cnn" and opt["text_cnn"] != "small":
+        raise ValueError("model.text_cnn selects the text CNN's blocks; set model.text='text_cnn'.")
+    if opt["text_head"] != "none" and convse_head:
+        raise ValueError("model.text_head and model.convse_head both put a head on the text "
+                         "branch; choose one.")

@@ -1,9 +1,10 @@
-"""Heads on top of the encoders: ConVSE's projection MLP, the dual-path shared classifier,
-CMPC's norm-softmax weight and CMPM's 1x1-conv + BatchNorm embedding.
+"""Heads on top of the encoders: ConVSE's projection MLP, the dual-path shared classifier and
+image head, CMPC's norm-softmax weight and CMPM's 1x1-conv + BatchNorm embedding.
 
 Which are per modality and which are shared follows the papers:
   - ``ConVSEHead`` and ``ProjectionHead1x1``: one instance per modality (ConVSE's ``g_I`` and
     ``g_T``; CMPM's ``image_joint_embedding`` and ``text_joint_embedding`` scopes).
+  - ``DualPathHead``: the image branch's fully connected layers (the text CNN has its own).
   - ``SharedClassifier`` and ``NormClassifier``: one instance called on (or passed with) both
     modalities' features; that is what makes the classifier shared.
 Every head takes features ``[B, in_dim]``.
@@ -173,3 +174,71 @@ class ProjectionHead1x1(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _check_features(x, self.in_dim, "ProjectionHead1x1")
         return self.bn(self.proj(x))
+
+
+DUAL_PATH_VARIANTS = ("reference", "paper")
+
+
+class DualPathHead(nnx.Module):
+    """The dual-path image CNN's layers after pooling (dual-path paper Sec. III-A, Fig. 2, Eq. 1).
+
+    ``x [B, in_dim] -> f_img [B, out_dim]``. The paper: "one fully-connected layer (input dim:
+    2,048, output dim: 2,048), one batch normalization, relu and one fully-connected layer
+    (input dim: 2,048, output dim: 2,048)" after ResNet-50's pooled 2048-d feature.
+
+    - ``variant="reference"`` (authors' ``resnet52_new_hope_word2_pool.m``, ``fc1 .. fc1_1``):
+      ``Linear -> BatchNorm -> ReLU -> Linear -> BatchNorm -> ReLU -> Dropout``; the second fc
+      is followed by a BatchNorm and a ReLU too, so ``f_img`` is non-negative.
+    - ``variant="paper"``: ``Linear -> BatchNorm -> ReLU -> Linear -> Dropout``.
+
+    Both linear layers are bias-free (MatConvNet ``hasBias=false``; the BatchNorm after the first
+    makes a bias redundant) with He-normal kernels (MatConvNet's default ``sqrt(2 / fan_in)``).
+    Dropout (the paper's 0.75 "applied to both CNNs"; the authors' COCO network 0.5) acts in
+    training mode only; ``model.eval()`` turns it off and switches BatchNorm to its running
+    statistics.
+
+    Args:
+      in_dim: backbone feature size (2048 for ResNet-50).
+      out_dim: ``f_img`` size (2048), the input of ``SharedClassifier``.
+      hidden: units of the first layer; ``None`` means ``out_dim`` (the paper's 2048).
+      dropout: drop probability on the output.
+      variant: ``"reference"`` or ``"paper"``, see above.
+      rngs: parameter RNG, and the ``dropout`` stream when ``dropout > 0``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 2048,
+        out_dim: int = 2048,
+        *,
+        hidden: int | None = None,
+        dropout: float = 0.0,
+        variant: str = "reference",
+        rngs: nnx.Rngs,
+    ):
+        hidden = out_dim if hidden is None else hidden
+        _check_dims("DualPathHead", in_dim=in_dim, out_dim=out_dim, hidden=hidden)
+        if variant not in DUAL_PATH_VARIANTS:
+            raise ValueError(
+                f"Unknown DualPathHead variant={variant!r}; valid: {', '.join(DUAL_PATH_VARIANTS)}."
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(
+                f"DualPathHead dropout is a drop probability in [0, 1); got {dropout}."
+            )
+        he = nnx.initializers.he_normal()
+        self.fc1 = nnx.Linear(in_dim, hidden, use_bias=False, kernel_init=he, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(hidden, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, out_dim, use_bias=False, kernel_init=he, rngs=rngs)
+        self.bn2 = nnx.BatchNorm(out_dim, rngs=rngs) if variant == "reference" else None
+        # Forked after every parameter, so that turning dropout on keeps the initial weights.
+        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = _check_features(x, self.in_dim, "DualPathHead")
+        x = self.fc2(nnx.relu(self.bn1(self.fc1(x))))  # [B, out_dim]
+        if self.bn2 is not None:
+            x = nnx.relu(self.bn2(x))
+        return x if self.dropout is None else self.dropout(x)

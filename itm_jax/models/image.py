@@ -157,7 +157,8 @@ class ImageEncoder(nnx.Module):
     """VSE++ ``EncoderImageFull``: a CNN backbone, a linear projection, L2 normalisation.
 
     ``images [B, H, W, C] -> [B, embed_dim]``:
-    ``l2norm(W backbone(images) + b)``, with ``W`` Xavier-initialised as in VSE++.
+    ``l2norm(W backbone(images) + b)``, with ``W`` Xavier-initialised as in VSE++; or
+    ``head(backbone(images))`` with another ``head`` (CMPM, the dual-path network).
 
     Frozen backbone (VSE++ without ``--finetune``; the first training stage of CMPM, ConVSE and
     the dual-path paper): the backbone output goes through ``jax.lax.stop_gradient``, so every
@@ -181,6 +182,11 @@ class ImageEncoder(nnx.Module):
         backbone has that attribute).
       embed_dim: joint embedding dimension.
       freeze_backbone: see above.
+      head: the layers after the backbone, a module mapping ``[B, feat_dim]`` to
+        ``[B, embed_dim]`` with ``in_dim`` / ``out_dim`` attributes (CMPM's
+        ``ProjectionHead1x1``, the dual-path ``DualPathHead``); ``None`` is VSE++'s Xavier
+        linear layer. It is trained in the frozen stages too, and follows ``train()`` /
+        ``eval()`` like the backbone.
       normalize: L2-normalise the output; ``False`` returns the raw projection (CMPM normalises
         inside its loss).
       normalize_features: L2-normalise the backbone features before the projection, as VSE++'s
@@ -195,6 +201,7 @@ class ImageEncoder(nnx.Module):
         embed_dim: int,
         *,
         freeze_backbone: bool = False,
+        head: nnx.Module | None = None,
         normalize: bool = True,
         normalize_features: bool = False,
         rngs: nnx.Rngs,
@@ -205,8 +212,13 @@ class ImageEncoder(nnx.Module):
                 f"ImageEncoder feat_dim={feat_dim} but the backbone returns {backbone_dim}-d "
                 f"features; pass feat_dim=backbone.feat_dim."
             )
+        if head is not None and (head.in_dim, head.out_dim) != (feat_dim, embed_dim):
+            raise ValueError(
+                f"ImageEncoder head maps {head.in_dim} -> {head.out_dim} features; it must map "
+                f"feat_dim={feat_dim} -> embed_dim={embed_dim}."
+            )
         self.backbone = backbone
-        self.fc = xavier_linear(feat_dim, embed_dim, rngs=rngs)
+        self.fc = xavier_linear(feat_dim, embed_dim, rngs=rngs) if head is None else head
         self.feat_dim = feat_dim
         self.embed_dim = embed_dim
         self.freeze_backbone = freeze_backbone
@@ -225,5 +237,5 @@ class ImageEncoder(nnx.Module):
             )
         if self.normalize_features:
             feats = l2_normalize(feats)
-        emb = self.fc(feats)  # [B, embed_dim]
+        emb = self.fc(feats)  # [B, embed_dim]: the linear layer or the head
         return l2_normalize(emb) if self.normalize else emb

@@ -17,6 +17,7 @@ an out-of-range length there silently reads the wrong step.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -137,6 +138,207 @@ def _at(x: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
 
 
+# ---------------------------------------------------------------- packed GRU (one CPU device)
+# A GRU layer over the captions sorted by length (longest first), time-major, with a
+# hand-written VJP. Step t computes only the rows that still hold a valid token, rounded up to a
+# block of _GRU_ROW_BLOCK rows (a lax.switch over the block counts, static shapes in every
+# branch): the work of PyTorch's pack_padded_sequence, about half of scanning every caption to
+# L on COCO / Flickr30K caption lengths. Everything that does not depend on the previous step
+# (the input projection; the input and weight gradients) runs once per chunk of
+# _GRU_TIME_CHUNK steps as one larger matmul, so no [L, B, 3H] array is ever stored. The
+# recurrent products are written weights-first (``W h^T``), which XLA:CPU runs 2-4x faster
+# than ``h W`` when only a few rows are active.
+_GRU_ROW_BLOCK = 8
+_GRU_TIME_CHUNK = 4
+
+
+def _packed_gru_available() -> bool:
+    """The packed GRU serves a single CPU device; sharded batches use the plain scan."""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
+def _gru_row_counts(b: int) -> list[int]:
+    """Row counts a step may compute: 0, one block, two blocks, ..., all ``b`` rows."""
+    return list(range(0, b, _GRU_ROW_BLOCK)) + [b]
+
+
+def _gru_branch(n: jax.Array, b: int) -> jax.Array:
+    """Index into ``_gru_row_counts(b)`` of the smallest count >= ``n`` active rows."""
+    return jnp.minimum((n + _GRU_ROW_BLOCK - 1) // _GRU_ROW_BLOCK, len(_gru_row_counts(b)) - 1)
+
+
+def _pad_axis(x: jax.Array, size: int, axis: int) -> jax.Array:
+    """``x`` zero-padded at the end of ``axis`` to ``size``."""
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, pad) if size > x.shape[axis] else x
+
+
+def _weights_first(w: jax.Array, a: jax.Array) -> jax.Array:
+    """``w a^T = (a w^T)^T`` for ``w [N, K]`` and ``a [M, K]``: ``[N, M]``."""
+    return jax.lax.dot_general(w, a, (((1,), (1,)), ((), ())))
+
+
+def _by_chunks(x: jax.Array | None) -> jax.Array | None:
+    """``[L, ...] -> [L / C, C, ...]`` (L is a multiple of ``_GRU_TIME_CHUNK``)."""
+    return None if x is None else x.reshape((-1, _GRU_TIME_CHUNK) + x.shape[1:])
+
+
+def _gru_forward(x, lengths, w_i, b_i, w_h, *, save: bool):
+    """Flax's ``GRUCell`` over ``x [L, B, D]`` whose rows are sorted by ``lengths``, descending.
+
+    Returns the states ``hs [L, B, H]`` (row b frozen after step ``lengths[b] - 1``), the active
+    row count of every step ``[L]`` and, with ``save``, the gates ``r, z, n`` and ``W_hn h`` of
+    every step for the backward pass (``[L, B, H]`` each, zero in skipped blocks).
+    """
+    seq, b, _ = x.shape
+    hd = w_h.shape[0]
+    counts = _gru_row_counts(b)
+    n_active = jnp.sum(lengths[None, :] > jnp.arange(seq)[:, None], axis=1)  # [L]
+    w_ht = w_h.T  # [3H, H]
+
+    def project(rows):  # x W_i + b_i of a chunk of steps: [C, B, 3H]
+        def f(x_c):
+            if rows == 0:
+                return jnp.zeros((_GRU_TIME_CHUNK, b, 3 * hd), x_c.dtype)
+            return _pad_axis(jnp.einsum("tbi,io->tbo", x_c[:, :rows], w_i) + b_i, b, 1)
+
+        return f
+
+    def recur(rows):  # one step of the first `rows` rows
+        def f(h, xp_t, n_t):
+            if rows == 0:
+                return h, tuple(jnp.zeros_like(h) for _ in range(4 if save else 0))
+            h_a = h[:rows]
+            xp = xp_t[:rows].T  # [3H, rows]
+            hp = _weights_first(w_ht, h_a)  # [3H, rows]
+            r = jax.nn.sigmoid(xp[:hd] + hp[:hd])
+            z = jax.nn.sigmoid(xp[hd : 2 * hd] + hp[hd : 2 * hd])
+            hn = hp[2 * hd :]
+            n = jnp.tanh(xp[2 * hd :] + r * hn)
+            new = jnp.where((jnp.arange(rows) < n_t)[:, None], ((1.0 - z) * n + z * h_a.T).T, h_a)
+            h = jax.lax.dynamic_update_slice_in_dim(h, new, 0, axis=0) if rows < b else new
+            return h, tuple(_pad_axis(v.T, b, 0) for v in (r, z, n, hn)) if save else ()
+
+        return f
+
+    projections = [project(rows) for rows in counts]
+    steps = [recur(rows) for rows in counts]
+
+    def step(h, inputs):
+        xp_t, n_t = inputs
+        h, saved = jax.lax.switch(_gru_branch(n_t, b), steps, h, xp_t, n_t)
+        return h, (h, saved)
+
+    def chunk(h, inputs):
+        x_c, n_c = inputs
+        xp_c = jax.lax.switch(_gru_branch(n_c[0], b), projections, x_c)  # n_c[0]: the most rows
+        return jax.lax.scan(step, h, (xp_c, n_c))
+
+    h0 = jnp.zeros((b, hd), x.dtype)
+    _, (hs, saved) = jax.lax.scan(chunk, h0, (_by_chunks(x), _by_chunks(n_active)))
+    shape = (seq,) + hs.shape[2:]  # [L, B, H]
+    return hs.reshape(shape), n_active, tuple(v.reshape(shape) for v in saved)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _gru_layer(x, lengths, w_i, b_i, w_h, sequence: bool):
+    """Packed GRU layer: ``x [L, B, D]`` (rows sorted by length, descending; L a multiple of
+    ``_GRU_TIME_CHUNK``) -> the states ``[L, B, H]`` if ``sequence``, else the last ``[B, H]``
+    (each row's state after its last valid step)."""
+    hs, _, _ = _gru_forward(x, lengths, w_i, b_i, w_h, save=False)
+    return hs if sequence else hs[-1]
+
+
+def _gru_layer_fwd(x, lengths, w_i, b_i, w_h, sequence):
+    hs, n_active, saved = _gru_forward(x, lengths, w_i, b_i, w_h, save=True)
+    return (hs if sequence else hs[-1]), (x, w_i, w_h, hs, n_active, saved)
+
+
+def _gru_layer_bwd(sequence, residuals, ct):
+    x, w_i, w_h, hs, n_active, saved = residuals
+    seq, b, d_in = x.shape
+    hd = w_h.shape[0]
+    counts = _gru_row_counts(b)
+
+    def recur(rows):  # one step back through the first `rows` rows
+        def f(dh, h_p, r, z, n, hn, n_t):
+            if rows == 0:
+                zeros = jnp.zeros((b, 3 * hd), dh.dtype)
+                return dh, zeros, zeros
+            act = (jnp.arange(rows) < n_t)[:, None]
+            d = jnp.where(act, dh[:rows], 0.0)  # d h_t of the rows that step at t
+            r, z, n, hn, h_p = (v[:rows] for v in (r, z, n, hn, h_p))
+            dn = d * (1.0 - z) * (1.0 - n * n)  # d (x W_in + b_in + r * W_hn h)
+            dz = d * (h_p - n) * z * (1.0 - z)  # d (x W_iz + b_iz + W_hz h)
+            dr = dn * hn * r * (1.0 - r)  # d (x W_ir + b_ir + W_hr h)
+            g_x = jnp.concatenate([dr, dz, dn], axis=-1)  # d (x W_i + b_i)  [rows, 3H]
+            g_h = jnp.concatenate([dr, dz, dn * r], axis=-1)  # d (h W_h)
+            d_prev = jnp.where(act, d * z + _weights_first(w_h, g_h).T, dh[:rows])
+            dh = jax.lax.dynamic_update_slice_in_dim(dh, d_prev, 0, axis=0) if rows < b else d_prev
+            return dh, _pad_axis(g_x, b, 0), _pad_axis(g_h, b, 0)
+
+        return f
+
+    def accumulate(rows):  # the input and weight gradients of a chunk of steps
+        def f(acc, x_c, h_c, g_x, g_h):
+            if rows == 0:
+                return acc, jnp.zeros(x_c.shape, x_c.dtype)
+            d_wi, d_bi, d_wh = acc
+            x_c, h_c, g_x, g_h = (v[:, :rows] for v in (x_c, h_c, g_x, g_h))
+            d_x = _pad_axis(jnp.einsum("tbo,io->tbi", g_x, w_i), b, 1)
+            return (d_wi + jnp.einsum("tbi,tbo->io", x_c, g_x), d_bi + g_x.sum(axis=(0, 1)),
+                    d_wh + jnp.einsum("tbi,tbo->io", h_c, g_h)), d_x
+
+        return f
+
+    steps = [recur(rows) for rows in counts]
+    accumulations = [accumulate(rows) for rows in counts]
+    d_seq, dh0 = (ct, jnp.zeros_like(hs[0])) if sequence else (None, ct)
+
+    def step(dh, inputs):
+        h_p, r, z, n, hn, n_t, d_t = inputs
+        if d_t is not None:
+            dh = dh + d_t
+        dh, g_x, g_h = jax.lax.switch(_gru_branch(n_t, b), steps, dh, h_p, r, z, n, hn, n_t)
+        return dh, (g_x, g_h)
+
+    def chunk(carry, inputs):
+        # The chunk's steps back (last first), then the matmuls that need no recurrence.
+        dh, acc = carry
+        t0, x_c, n_c, saved_c, d_c = inputs
+        h_c = jax.lax.dynamic_slice_in_dim(hs, jnp.maximum(t0 - 1, 0), _GRU_TIME_CHUNK)
+        h_c = jnp.where(t0 == 0, jnp.concatenate([jnp.zeros_like(h_c[:1]), h_c[:-1]]), h_c)
+        dh, (g_x, g_h) = jax.lax.scan(step, dh, (h_c, *saved_c, n_c, d_c), reverse=True)
+        acc, d_x = jax.lax.switch(_gru_branch(n_c[0], b), accumulations, acc, x_c, h_c, g_x, g_h)
+        return (dh, acc), d_x
+
+    acc0 = (jnp.zeros_like(w_i), jnp.zeros((3 * hd,), w_i.dtype), jnp.zeros_like(w_h))
+    inputs = (jnp.arange(0, seq, _GRU_TIME_CHUNK), _by_chunks(x), _by_chunks(n_active),
+              tuple(_by_chunks(v) for v in saved), _by_chunks(d_seq))
+    (_, (d_wi, d_bi, d_wh)), d_x = jax.lax.scan(chunk, (dh0, acc0), inputs, reverse=True)
+    return d_x.reshape(x.shape), None, d_wi, d_bi, d_wh
+
+
+_gru_layer.defvjp(_gru_layer_fwd, _gru_layer_bwd)
+
+
+def _packed_gru(x: jax.Array, lengths: jax.Array, weights) -> jax.Array:
+    """Stacked GRU layers ``[(W_i [D, 3H], b_i [3H], W_h [H, 3H]), ...]`` (Flax ``GRUCell``
+    kernels, gates r, z, n) over ``x [B, L, D]``: the last layer's state after ``lengths[b]``
+    steps, ``[B, H]``."""
+    dtype = jnp.result_type(x, *(w for layer in weights for w in layer))
+    order = jnp.argsort(-lengths, stable=True)
+    x = jnp.swapaxes(x[order].astype(dtype), 0, 1)  # [L, B, D], the longest caption first
+    # Whole chunks of steps; the added steps have no active row and cost nothing.
+    x = _pad_axis(x, -(-x.shape[0] // _GRU_TIME_CHUNK) * _GRU_TIME_CHUNK, 0)
+    sorted_lengths = lengths[order]
+    for i, layer in enumerate(weights):
+        w_i, b_i, w_h = (w.astype(dtype) for w in layer)
+        x = _gru_layer(x, sorted_lengths, w_i, b_i, w_h, i < len(weights) - 1)
+    return x[jnp.argsort(order)]
+
+
 class GRUTextEncoder(nnx.Module):
     """VSE++ / ConVSE caption encoder: embedding -> GRU -> state at the last valid token -> L2.
 
@@ -146,8 +348,13 @@ class GRUTextEncoder(nnx.Module):
     after reading ``tokens[b, :lengths[b]]`` (the output at index ``lengths - 1``, as the
     authors' ``gather`` on the packed sequence), L2-normalised.
 
-    Padded steps are scanned (the batch shares one ``lax.scan`` of length L) but come after
-    every caption's last valid step, so they never reach the state that is read.
+    On a single CPU device the GRU runs packed (``_packed_gru``): captions sorted by length,
+    each step computing only the (8-row blocks of) captions that still have a token there, with
+    a hand-written backward pass, so padding costs nothing, as PyTorch's
+    ``pack_padded_sequence``; the same function to float32 rounding, reverse-mode
+    differentiable (``jax.grad``; forward-mode ``jax.jvp`` is not defined). Elsewhere (sharded
+    batches, accelerators) the batch shares one ``lax.scan`` of length L: padded steps come
+    after every caption's last valid step, so they never reach the state that is read.
 
     Differences from the authors' PyTorch ``nn.GRU``: Flax's ``GRUCell`` has no recurrent bias
     ``b_hn`` inside ``r * (W_hn h + b_hn)`` (PyTorch has both ``b_in`` and ``b_hn``), and its
@@ -207,6 +414,12 @@ class GRUTextEncoder(nnx.Module):
         tokens, lengths = _check_inputs(tokens, lengths, "GRUTextEncoder")
         b, seq = tokens.shape
         x = self.embed(jnp.where(_valid_mask(lengths, seq), tokens, 0))  # [B, L, word_dim]
+        if _packed_gru_available():
+            cells = [rnn.cell for rnn in self.layers]
+            weights = [(c.dense_i.kernel[...], c.dense_i.bias[...], c.dense_h.kernel[...])
+                       for c in cells]
+            out = _packed_gru(x, lengths, weights)  # [B, embed_dim]
+            return l2_normalize(out) if self.normalize else out
         h0 = jnp.zeros((b, self.embed_dim), x.dtype)
         for rnn in self.layers:
             x = rnn(x, initial_carry=h0, seq_lengths=lengths)  # [B, L, embed_dim]
