@@ -7,13 +7,47 @@ about 330 after 4 epochs, 624 steps):
     python -m itm_jax.main --config=configs/default.py --workdir=workdir/default
 
 Every other config imports this one and changes a few fields; presets after the colon:
-``configs/default.py:smoke`` shrinks data and steps so a run finishes in seconds (tests).
+``loss=sh|mh|imc|convse|convse++|cmpm|aoq`` swaps the objective for another paper's loss with
+its hyper-parameters (the ablation of ``python -m itm_jax.demo``; same encoder and budget;
+``aoq`` is round 2 and needs ``--config.aoq.mining_dir``), and ``smoke`` shrinks data and steps
+so a run finishes in seconds (tests): ``configs/default.py:loss=imc,smoke``.
 """
 
 import ml_collections
 
 
+# `loss=` presets: the losses of the ablation with their papers' hyper-parameters.
+LOSSES = {
+    "sh": [("sum_of_hinges", dict(margin=0.2))],  # VSE0
+    "mh": [("max_of_hinges", dict(margin=0.2))],  # VSE++
+    "imc": [("imc", dict(margin=0.2, lam=1.0, delta="l1"))],  # MH + intra-modal constraint
+    "convse": [("contrastive_sum_negatives", dict(tau=0.1))],  # ConVSE (CSN)
+    "convse++": [("contrastive_max_negative", dict(tau=0.1, margin=0.2))],  # ConVSE++ (CMN)
+    "cmpm": [("cmpm", dict())],
+    # AOQ round 2 (needs --config.aoq.mining_dir); round 1 is "mh".
+    "aoq": [("aoq_loss", dict(variant="adaptive", margin_online=0.2, margin_offline=0.0,
+                              alpha=0.3, beta=1.5))],
+}
+# Losses that only see the hardest negative start with one epoch of sum of hinges.
+WARM_UP = ("mh", "imc", "convse++", "aoq")
+
+
+def _parse(arg: str | None) -> dict:
+    out = {"loss": "mh", "smoke": False}
+    for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+        key, _, value = item.partition("=")
+        if item == "smoke":
+            out["smoke"] = True
+        elif key == "loss" and value in LOSSES:
+            out["loss"] = value
+        else:
+            raise ValueError(f"Unknown preset {item!r} for configs/default.py; valid: smoke, "
+                             f"loss={{{','.join(LOSSES)}}}.")
+    return out
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    a = ml_collections.ConfigDict(_parse(arg))
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -37,16 +71,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.normalize = True
     c.model.convse_head = False
     c.model.classifier = "none"
+    # Architecture options of the paper recipes (itm_jax.models.dual_encoder.build_dual_encoder);
+    # these defaults add nothing to the plain encoders above.
+    c.model.text_hidden = 0  # recurrent units (per Bi-LSTM direction); 0 = from embed_dim
+    c.model.text_dropout = 0.0  # training-mode dropout of the Bi-LSTM / text CNN
+    c.model.text_cnn = "small"  # text CNN blocks: small | paper (dual-path, ResNet-50 depth)
+    c.model.image_head = "linear"  # after the CNN: linear | projection_1x1 | dual_path
+    c.model.image_dropout = 0.0  # dropout of image_head="dual_path"
+    c.model.text_head = "none"  # after the text encoder: none | projection_1x1
     c.model.freeze_backbone = False
     c.model.small_cnn_dim = 128
     c.model.mobilenet_alpha = 1.0
     c.model.pretrained = ""  # .npz from `python -m itm_jax.models.convert_weights`
 
-    # The objective: a list of {name, weight, **hyper-parameters} (itm_jax.losses names).
-    c.losses = [
-        ml_collections.ConfigDict(dict(name="max_of_hinges", weight=1.0, margin=0.2)),
-        ml_collections.ConfigDict(dict(name="sum_of_hinges", weight=0.0, margin=0.2)),
-    ]
+    # The objective: a list of {name, weight, **hyper-parameters} (itm_jax.losses names); the
+    # `loss=` preset picks one of LOSSES (the demo's ablation), VSE++'s max of hinges by default.
+    c.losses = [ml_collections.ConfigDict(dict(name=name, weight=1.0, **kw))
+                for name, kw in LOSSES[a.loss]]
     # Build `positives` from image ids (two captions of one image in a batch are not
     # negatives); False reproduces the authors' diagonal-only convention.
     c.use_id_positives = True
@@ -56,13 +97,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_steps = -1  # >= 0 overrides num_epochs
     # Optional list of stages, each {epochs|steps, learning_rate, freeze, freeze_backbone,
     # loss_weights: {label: weight}}; empty = one stage from the fields above. From scratch,
-    # MH alone never leaves the collapsed start on this data (val R-sum 14 after 400 steps,
-    # where SH reaches 256): one epoch of SH first, as VSE-infinity's warm-up does.
-    c.stages = [
-        ml_collections.ConfigDict(dict(
-            epochs=1, loss_weights=dict(max_of_hinges=0.0, sum_of_hinges=1.0))),
-        ml_collections.ConfigDict(dict(epochs=3)),
-    ]
+    # hardest-negative losses never leave the collapsed start on this data (MH: val R-sum 14
+    # after 400 steps, where SH reaches 256): one epoch of SH first, as VSE-infinity's warm-up.
+    c.stages = []
+    if a.loss in WARM_UP:
+        c.losses.append(ml_collections.ConfigDict(dict(name="sum_of_hinges", weight=0.0,
+                                                       margin=0.2)))
+        off = {name: 0.0 for name, _ in LOSSES[a.loss]}
+        c.stages = [
+            ml_collections.ConfigDict(dict(epochs=1, loss_weights=dict(off, sum_of_hinges=1.0))),
+            ml_collections.ConfigDict(dict(epochs=c.num_epochs - 1)),
+        ]
+    if a.loss == "cmpm":  # CMPM projects unnormalised features (CMPM paper Sec. 3.1)
+        c.model.normalize = False
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adam"
@@ -72,8 +119,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.lr_decay_factor = 0.1
     c.optim.grad_clip = 2.0
     c.optim.momentum = 0.9
+    c.optim.nesterov = False
+    # ((regex over parameter paths, factor), ...): per-parameter learning-rate multipliers.
+    c.optim.lr_multipliers = ()
     c.optim.weight_decay = 0.0
     c.optim.freeze = ""  # regex over parameter paths, e.g. "image_encoder.backbone"
+
+    # AOQ round 2 (aoq_loss variants other than "online"): the offline hard negatives mined by
+    # `itm-mine` from a round-1 model; sample from the first h_t captions / h_i images.
+    c.aoq = ml_collections.ConfigDict(dict(
+        mining_dir="", h_t=300, h_i=60, resample_matching=True))
+
+    # A run directory whose best (else latest) weights initialise this model where parameter
+    # names and shapes match (ConVSE's heads on a trained VSE++ network); "" = random init.
+    c.init_from = ""
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1))
     c.log_every = 50
@@ -83,7 +142,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_batch_size = 500
     c.eval_protocol = "all"
 
-    if arg == "smoke":
+    if a.smoke:
         c.data.synthetic.update(num_train=200, num_val=50, num_test=50)
         c.data.vocab_threshold = 1
         c.batch_size = 32
@@ -95,6 +154,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval_batch_size = 64
         c.model.embed_dim = 32
         c.model.word_dim = 16
-    elif arg:
-        raise ValueError(f"Unknown preset {arg!r} for configs/default.py; valid: smoke.")
     return c

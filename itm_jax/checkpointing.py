@@ -86,3 +86,22 @@ class Checkpoints:
         weights = self.best.restore(step, args=ocp.args.Composite(
             weights=ocp.args.StandardRestore(target))).weights
         return weights["params"], weights["rest"]
+
+
+def read_weights(run_dir: str | pathlib.Path) -> tuple[int, dict[str, Any]]:
+    """A run's best weights, else those of its latest checkpoint, as stored (no target model):
+    ``(step, {"params": tree, "rest": tree})`` of arrays, to initialise another model from."""
+    run_dir = pathlib.Path(run_dir).absolute()
+    for sub, item in (("best", "weights"), ("checkpoints", "state")):
+        if not (run_dir / sub).is_dir():
+            continue
+        manager = ocp.CheckpointManager(run_dir / sub)
+        step = manager.best_step() if sub == "best" else manager.latest_step()
+        if step is not None:
+            stored = manager.restore(step, args=ocp.args.Composite(
+                **{item: ocp.args.StandardRestore()}))[item]
+            manager.close()
+            return step, {"params": stored["params"], "rest": stored["rest"]}
+        manager.close()
+    raise FileNotFoundError(f"No checkpoint under {run_dir}/best or {run_dir}/checkpoints: pass "
+                            "the --workdir of an itm-train run that saved one.")

@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from itm_jax import checkpointing, evaluation
 from itm_jax.data import pipeline
 from itm_jax.data.datasets import get_sources, image_dim
+from itm_jax.data.offline import OfflineSampler
 from itm_jax.data.vocab import Vocabulary, build_vocab_for
 from itm_jax.data.word_vectors import load_word_vectors
 from itm_jax.metric_writer import MetricWriter, Progress
@@ -44,6 +45,9 @@ from itm_jax.similarity import l2_normalize
 
 # Batch fields the model and the objective read; the rest stays on the host.
 _MODEL_KEYS = ("image", "image_feat", "tokens", "length", "image_id", "label")
+# AOQ round 2's offline items (itm_jax.data.offline), as ``{role}_{field}`` batch fields.
+_OFFLINE_KEYS = tuple(f"{role}_{k}" for role in ("i_off", "i_tilde") for k in ("image", "image_feat")) + \
+    tuple(f"{role}_{k}" for role in ("t_off", "t_tilde") for k in ("tokens", "length"))
 
 
 @struct.dataclass
@@ -113,19 +117,60 @@ def make_stages(config, spe: int) -> list[Stage]:
     return stages
 
 
-def param_labels(params, freeze: str):
-    """``"frozen"`` for parameters whose dotted path matches the ``freeze`` regex."""
-    pattern = re.compile(freeze) if freeze else None
+def dotted(path) -> str:
+    """A pytree path as ``image_encoder.fc.kernel.value`` (the names freeze regexes match)."""
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def copy_matching(tree, stored, source: str, *, strict: bool = False):
+    """``tree`` with each leaf replaced by the leaf of ``stored`` at the same dotted path, where
+    the shapes agree (e.g. a base network's weights under a model that adds heads). ``strict``:
+    every leaf must be there (the stored model is this model)."""
+    flat = {dotted(p): v for p, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
+    copied = []
+
+    def pick(path, x):
+        v = flat.get(dotted(path))
+        if v is None or v.shape != x.shape:
+            if strict:
+                raise ValueError(
+                    f"{source} has {'no' if v is None else v.shape} {dotted(path)} where this "
+                    f"config's model has {x.shape}: pass the config that trained it.")
+            return x
+        copied.append(dotted(path))
+        return jnp.asarray(v, x.dtype)
+
+    out = jax.tree_util.tree_map_with_path(pick, tree)
+    total = len(jax.tree.leaves(tree))
+    if total and not copied:
+        raise ValueError(f"init_from={source!r}: no parameter has the same name and shape as in "
+                         "this model; is it a run of a related config?")
+    if not strict:
+        print(f"init_from {source}: {len(copied)}/{total} arrays copied")
+    return out
+
+
+def param_labels(params, freeze: str, multipliers: Sequence[tuple[str, float]] = ()):
+    """Per parameter: ``"frozen"`` if its dotted path matches the ``freeze`` regex, else
+    ``"x{k}"`` for the first of ``multipliers`` (``(regex, factor)`` pairs) it matches, else
+    ``"train"``."""
+    frozen = re.compile(freeze) if freeze else None
+    patterns = [re.compile(regex) for regex, _ in multipliers]
 
     def label(path, _):
-        name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        return "frozen" if pattern is not None and pattern.search(name) else "train"
+        name = dotted(path)
+        if frozen is not None and frozen.search(name):
+            return "frozen"
+        return next((f"x{k}" for k, p in enumerate(patterns) if p.search(name)), "train")
 
     return jax.tree_util.tree_map_with_path(label, params)
 
 
 def make_optimizer(config, stage: Stage, spe: int, params):
-    """Adam (or SGD-momentum) with x``lr_decay_factor`` every ``lr_decay_epochs``, clipping.
+    """Adam (or SGD with momentum / Nesterov) with x``lr_decay_factor`` every ``lr_decay_epochs``,
+    global-norm clipping, frozen parameters and per-parameter learning-rate multipliers
+    (``optim.lr_multipliers``: ``(regex, factor)`` pairs, Caffe/MatConvNet's ``lr_mult``; weight
+    decay scales with them, as there).
 
     Returns ``(tx, schedule)``; the schedule counts steps from the start of the stage.
     """
@@ -133,17 +178,27 @@ def make_optimizer(config, stage: Stage, spe: int, params):
     decay_steps = max(1, to_steps(o, spe, prefix="lr_decay_"))
     lr = optax.exponential_decay(stage.learning_rate, decay_steps, o.lr_decay_factor,
                                  staircase=True)
-    if o.name == "adam":
-        opt = optax.adamw(lr, weight_decay=o.weight_decay) if o.weight_decay else optax.adam(lr)
-    elif o.name == "sgd":
-        opt = optax.chain(optax.add_decayed_weights(o.weight_decay),
-                          optax.sgd(lr, momentum=o.momentum))
-    else:
+
+    def base(factor: float):
+        scaled = lr if factor == 1 else (lambda step: factor * lr(step))
+        if o.name == "adam":
+            return optax.adamw(scaled, weight_decay=o.weight_decay) if o.weight_decay else \
+                optax.adam(scaled)
+        if o.name == "sgd":
+            return optax.chain(optax.add_decayed_weights(o.weight_decay),
+                               optax.sgd(scaled, momentum=o.momentum, nesterov=o.nesterov))
         raise ValueError(f"Unknown optim.name={o.name!r}; valid: adam, sgd.")
+
+    multipliers = [(str(regex), float(factor)) for regex, factor in o.lr_multipliers]
+    labels = param_labels(params, stage.freeze, multipliers)
+    transforms = {"train": base(1.0), "frozen": optax.set_to_zero(),
+                  **{f"x{k}": base(f) for k, (_, f) in enumerate(multipliers)}}
+    tx = optax.multi_transform(transforms, labels)
     if o.grad_clip > 0:
-        opt = optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
-    tx = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()},
-                               param_labels(params, stage.freeze))
+        # Clip the norm of the gradients that are applied: frozen ones are zeroed first.
+        zero_frozen = optax.multi_transform(
+            {**{k: optax.identity() for k in transforms}, "frozen": optax.set_to_zero()}, labels)
+        tx = optax.chain(zero_frozen, optax.clip_by_global_norm(o.grad_clip), tx)
     return tx, lr
 
 
@@ -160,11 +215,36 @@ def load_pretrained_backbone(model: DualEncoder, path: str) -> None:
 
 def model_outputs(model: DualEncoder, batch: Mapping[str, jax.Array], use_id_positives: bool):
     out = model(batch)
-    return outputs_from_features(
+    out = outputs_from_features(
         out.pop("img_feat"), out.pop("txt_feat"),
         image_ids=batch["image_id"] if use_id_positives else None,
         labels=batch.get("label"), **out,
     )
+    if "t_off_tokens" in batch:
+        out.update(offline_scores(model, batch, out["img_emb"], out["txt_emb"]))
+    return out
+
+
+def offline_scores(model: DualEncoder, batch: Mapping[str, jax.Array], img_emb, txt_emb):
+    """AOQ's offline score vectors ``[B]`` (cosine, like the batch scores; spec "AOQ").
+
+    ``img_emb, txt_emb [B, D]``: the normalised embeddings of the batch pairs ``(i_k, t_k)``.
+    The offline items are embedded by the same model in two calls of ``2B`` rows.
+    """
+    def rows(roles, keys):
+        return {k: jnp.concatenate([batch[f"{r}_{k}"] for r in roles])
+                for k in keys if f"{roles[0]}_{k}" in batch}
+
+    b = img_emb.shape[0]
+    imgs = l2_normalize(model.embed_images(rows(("i_off", "i_tilde"), ("image", "image_feat"))))
+    caps = l2_normalize(model.embed_captions(rows(("t_off", "t_tilde"), ("tokens", "length"))))
+    i_off, i_tilde, t_off, t_tilde = imgs[:b], imgs[b:], caps[:b], caps[b:]
+    return {
+        "s_i_toff": jnp.sum(img_emb * t_off, -1),
+        "s_ioff_t": jnp.sum(i_off * txt_emb, -1),
+        "s_ioff_toff": jnp.sum(i_off * t_off, -1),
+        "s_itilde_ttilde": jnp.sum(i_tilde * t_tilde, -1),
+    }
 
 
 def train_step(state: TrainState, batch, *, graphdef, tx, losses, use_id_positives):
@@ -188,12 +268,15 @@ def train_step(state: TrainState, batch, *, graphdef, tx, losses, use_id_positiv
     return new, metrics, finite
 
 
-def protocol_metrics(img, cap, cap_to_img, protocol: str) -> dict[str, float]:
+def protocol_metrics(img, cap, cap_to_img, protocol: str, *,
+                     image_labels=None) -> dict[str, float]:
     """Test metrics of a dataset's protocol.
 
     ``all``: every image and caption at once (Flickr30K 1K, validation). ``coco``: the 5-fold
     1K average (``1k/...``) and the full 5K set (``5k/...``). ``t2i``: text-to-image only
-    (CUHK-PEDES reports R@1/R@10 of caption queries).
+    (CUHK-PEDES reports R@1/R@10 of caption queries); with ``image_labels`` (int ``[N]``, the
+    source's per-image identities) any image of the caption's person is a hit, as the PEDES
+    protocol counts. The other protocols ignore ``image_labels``.
     """
     if protocol == "all":
         return evaluation.recall_metrics(img, cap, cap_to_img=cap_to_img)
@@ -203,7 +286,7 @@ def protocol_metrics(img, cap, cap_to_img, protocol: str) -> dict[str, float]:
         return {**{f"1k/{k}": v for k, v in folds.items()}, **{f"5k/{k}": v for k, v in full.items()},
                 "rsum": folds["rsum"]}
     if protocol == "t2i":
-        t2i = evaluation.t2i(img, cap, cap_to_img=cap_to_img)
+        t2i = evaluation.t2i(img, cap, cap_to_img=cap_to_img, image_labels=image_labels)
         return {f"t2i_{k}": float(v) for k, v in t2i.items() if k != "ranks"} | {
             "rsum": t2i["r1"] + t2i["r5"] + t2i["r10"]}
     raise ValueError(f"Unknown eval_protocol={protocol!r}; valid: all, coco, t2i.")
@@ -224,6 +307,7 @@ class Trainer:
         self.stages = make_stages(config, self.spe)
         self.num_steps = self.stages[-1].end
         self.tokenize = functools.partial(self.vocab.encode, max_len=config.data.max_len)
+        self.offline = self._offline_sampler()
         self.model = build_dual_encoder(
             config.model, vocab_size=len(self.vocab),
             # One class per person (CUHK-PEDES) or per training image (instance loss, CMPC).
@@ -245,8 +329,15 @@ class Trainer:
 
     def _vocab(self) -> Vocabulary:
         path = self.workdir / "vocab.json"
-        if path.exists():
-            return Vocabulary.load(path)
+        # A model initialised from another run keeps that run's word ids.
+        source = pathlib.Path(self.config.get("init_from", "") or self.workdir) / "vocab.json"
+        for candidate in (path, source):
+            if candidate.exists():
+                vocab = Vocabulary.load(candidate)
+                if candidate != path and jax.process_index() == 0:
+                    self.workdir.mkdir(parents=True, exist_ok=True)
+                    vocab.save(path)
+                return vocab
         vocab = build_vocab_for(self.sources["train"], threshold=self.config.data.vocab_threshold)
         if jax.process_index() == 0:
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -269,11 +360,31 @@ class Trainer:
 
     def global_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         return {k: jax.make_array_from_process_local_data(self.rows, np.asarray(v))
-                for k, v in batch.items() if k in _MODEL_KEYS}
+                for k, v in batch.items() if k in _MODEL_KEYS or k in _OFFLINE_KEYS}
 
     def loader(self):
         return pipeline.train_loader(self.sources["train"], global_batch_size=self.config.batch_size,
-                                     seed=self.config.seed, tokenize=self.tokenize)
+                                     seed=self.config.seed, tokenize=self.tokenize,
+                                     offline=self.offline)
+
+    def _offline_sampler(self) -> OfflineSampler | None:
+        """AOQ round 2: the sampler over the lists of ``config.aoq.mining_dir`` (or None)."""
+        a, train = self.config.aoq, self.sources["train"]
+        offline = [dict(s) for s in self.config.losses
+                   if s["name"] == "aoq_loss" and s.get("variant", "adaptive") != "online"]
+        if not a.mining_dir:
+            if offline:
+                raise ValueError(
+                    f"aoq_loss variant {offline[0].get('variant', 'adaptive')!r} needs offline "
+                    "hard negatives: run `itm-mine` with a round-1 model and set "
+                    "--config.aoq.mining_dir=RUN/mining (or use variant='online').")
+            return None
+        from itm_jax.mining import load_mined  # itm_jax.mine imports this module
+
+        i2t, t2i, _ = load_mined(a.mining_dir, train, h_t=a.h_t, h_i=a.h_i)
+        return OfflineSampler(train, i2t, t2i, h_t=a.h_t, h_i=a.h_i,
+                              captions_per_image=self.config.data.caps_per_image,
+                              resample_matching=a.resample_matching)
 
     # ----- evaluation ----------------------------------------------------------------------
     @functools.cached_property
@@ -304,10 +415,20 @@ class Trainer:
         return out["images"], out["captions"]
 
     def evaluate(self, params, rest, split: str = "val") -> dict[str, float]:
-        img, cap = self.embed(params, rest, split)
+        return self.metrics(*self.embed(params, rest, split), split)
+
+    def metrics(self, img: np.ndarray, cap: np.ndarray, split: str) -> dict[str, float]:
+        """Metrics of a split's embeddings: the config's protocol on test, ``all`` otherwise."""
         src = self.sources[split]
         protocol = self.config.eval_protocol if split == "test" else "all"
-        return protocol_metrics(img, cap, src.cap_to_img, protocol)
+        # Person identities where the source has them (CUHK-PEDES), for the t2i protocol.
+        return protocol_metrics(img, cap, src.cap_to_img, protocol,
+                                image_labels=getattr(src, "labels", None))
+
+    def initial_weights(self):
+        """``(params, rest)`` of the freshly initialised model (the untrained baseline)."""
+        _, params, rest = self._split(self.stages[-1], train=False)
+        return jax.device_put((params, rest), self.repl)
 
     def best_weights(self):
         """``(params, rest)`` of the best validation checkpoint (params-only restore)."""
@@ -332,9 +453,22 @@ class Trainer:
                     state = fresh.replace(step=state.step, params=state.params, rest=state.rest,
                                           opt_state=jax.device_put(tx.init(state.params), self.repl))
                 else:
-                    state = fresh
+                    state = self._init_from(fresh)
                 state = self._run_stage(stage, state, it, graphdef, tx, schedule, writer)
         return state
+
+    def _init_from(self, state: TrainState) -> TrainState:
+        """A fresh state with the weights of ``config.init_from`` (a run directory) where names
+        and shapes match: ConVSE's heads start on a trained VSE++ base network."""
+        source = self.config.get("init_from", "")
+        if not source:
+            return state
+        _, stored = checkpointing.read_weights(source)
+        params = copy_matching(state.params, stored["params"], source)
+        rest = copy_matching(state.rest, stored["rest"], source) if jax.tree.leaves(state.rest) \
+            else state.rest
+        return state.replace(params=jax.device_put(params, self.repl),
+                             rest=jax.device_put(rest, self.repl))
 
     def _run_stage(self, stage, state, it, graphdef, tx, schedule, writer) -> TrainState:
         c = self.config

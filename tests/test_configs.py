@@ -22,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
+from flax import nnx
 from ml_collections import config_flags
 
 from itm_jax import losses as L
 from itm_jax import train
+from itm_jax.models.dual_encoder import build_dual_encoder
 from itm_jax.objective import objective, outputs_from_features, required_outputs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -38,12 +40,14 @@ NOT_RECIPES = {"__init__", "common", "default"}
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in NOT_RECIPES)
 # Presets each config family accepts (besides `smoke`, which every config accepts).
 FAMILY_PRESETS = {"vse": ["loss=sh", "loss=mh"], "convse": ["loss=csn", "loss=cmn"],
-                  "cmpm": ["", "cmpc"]}
-LAUNCH = ["launch/local.sh", "launch/tpu_pod.sh", "launch/slurm_gpu.sbatch"]
+                  "cmpm": ["", "cmpc"],
+                  "aoq_round2": [f"variant={v}" for v in ("adaptive", "offquin", "offtri", "online")]}
+LAUNCH = ["launch/local.sh", "launch/tpu_pod.sh", "launch/slurm_gpu.sbatch", "launch/aoq.sh"]
 
 
 def presets(name: str) -> list[str]:
-    return FAMILY_PRESETS.get(name.split("_")[0], [""])
+    family = name.rsplit("_", 1)[0]  # aoq_round2_f30k -> aoq_round2, else the loss family
+    return FAMILY_PRESETS.get(family, FAMILY_PRESETS.get(name.split("_")[0], [""]))
 
 
 SPECS = [(n, p) for n in CONFIGS for p in presets(n)]
@@ -66,7 +70,8 @@ def load(name: str, arg: str = "", *overrides: str, monkeypatch=None):
 def test_every_config_is_covered():
     expected = {"vse_f30k", "vse_coco", "imc_f30k", "imc_coco", "cmpm_f30k", "cmpm_coco",
                 "cmpm_cuhk_pedes", "dual_path_f30k", "dual_path_coco", "convse_f30k",
-                "convse_coco", "aoq_round1_f30k", "aoq_round1_coco"}
+                "convse_coco", "aoq_round1_f30k", "aoq_round1_coco", "aoq_round2_f30k",
+                "aoq_round2_coco"}
     assert set(CONFIGS) == expected
 
 
@@ -112,9 +117,9 @@ def test_parse_arg():
 
 
 def test_cli_overrides_reach_list_entries(monkeypatch):
-    c = load("convse_f30k", "loss=csn", "--config.stages[3].learning_rate=1e-5",
-             "--config.losses[1].tau=0.05", monkeypatch=monkeypatch)
-    assert c.stages[3].learning_rate == 1e-5 and c.losses[1].tau == 0.05
+    c = load("vse_f30k", "loss=mh", "--config.stages[1].learning_rate=1e-5",
+             "--config.losses[0].margin=0.05", monkeypatch=monkeypatch)
+    assert c.stages[1].learning_rate == 1e-5 and c.losses[0].margin == 0.05
     with pytest.raises(AttributeError, match="learning_rate"):
         load("convse_f30k", "", "--config.stages[0].learnin_rate=1e-5", monkeypatch=monkeypatch)
 
@@ -131,14 +136,16 @@ def test_docstrings_state_target_command_and_data():
 
 # ----- losses ------------------------------------------------------------------------------------
 def _dummy_outputs(b=6, d=8, classes=10):
-    k = jax.random.split(jax.random.key(0), 5)
+    k = jax.random.split(jax.random.key(0), 6)
     labels = jnp.array([0, 0, 1, 2, 3, 4])[:b]
+    offline = jax.random.uniform(k[5], (4, b), minval=-1, maxval=1)
     return outputs_from_features(
         jax.random.normal(k[0], (b, d)), jax.random.normal(k[1], (b, d)),
         image_ids=labels, labels=labels,
         img_logits=jax.random.normal(k[2], (b, classes)),
         txt_logits=jax.random.normal(k[3], (b, classes)),
         cls_weight=jax.random.normal(k[4], (d, classes)),
+        **dict(zip(("s_i_toff", "s_ioff_t", "s_ioff_toff", "s_itilde_ttilde"), offline)),
     )
 
 
@@ -208,14 +215,33 @@ def test_smoke_keeps_the_recipe_and_is_tiny(name, arg):
     full, smoke = load(name, arg.removesuffix("smoke").rstrip(",")), load(name, arg)
     assert smoke.data.name in ("synthetic", "synthetic_images")
     assert smoke.model.image == ("precomp" if full.model.image == "precomp" else "small_cnn")
-    for key in ("text", "classifier", "convse_head", "normalize"):
+    for key in ("text", "classifier", "convse_head", "normalize", "image_head", "text_head",
+                "text_dropout", "image_dropout"):
         assert smoke.model[key] == full.model[key], key
+    # Sizes shrink, structure stays: LSTM units apart from embed_dim stay apart.
+    assert bool(smoke.model.text_hidden) == bool(full.model.text_hidden)
+    assert smoke.model.text_hidden <= 24 and smoke.model.text_cnn == "small"
     assert [dict(x) for x in smoke.losses] == [dict(x) for x in full.losses]
     stages = train.make_stages(smoke, 100)
     assert len(stages) == len(train.make_stages(full, 100))
     assert [s.end - s.start for s in stages] == ([2] * len(stages) if smoke.stages else [3])
     assert [(s.learning_rate, s.freeze_backbone, s.losses) for s in stages] == [
         (s.learning_rate, s.freeze_backbone, s.losses) for s in train.make_stages(full, 100)]
+
+
+# ----- models ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,arg", SPECS, ids=SPEC_IDS)
+def test_model_options_build(name, arg):
+    """Every recipe's model fields are a valid combination. A small CNN stands in for the
+    ImageNet backbones (tracing ResNet-152 takes long); the heads see its feature size."""
+    c = load(name, arg)
+    cfg = dict(c.model)
+    if cfg["image"] != "precomp":
+        cfg.update(image="small_cnn", small_cnn_dim=16)
+    model = nnx.eval_shape(lambda: build_dual_encoder(
+        cfg, vocab_size=50, num_classes=10, image_dim=8, rngs=nnx.Rngs(0)))
+    text = model.text_encoder if model.txt_head is None else model.txt_head
+    assert model.image_encoder.embed_dim == text.out_dim == c.model.embed_dim
 
 
 # ----- smoke training --------------------------------------------------------------------------
@@ -226,8 +252,8 @@ def test_smoke_keeps_the_recipe_and_is_tiny(name, arg):
 # is convse's base stages without the heads; ConVSE (csn) and CMPM alone swap one loss.
 SMOKE_RUNS = [
     "imc_f30k:smoke",               # Bi-LSTM (mean), IMC; frozen CNN, one stage
-    "cmpm_f30k:cmpc,smoke",         # Bi-LSTM (max), CMPM + CMPC, norm classifier, unnormalised
-    "dual_path_f30k:smoke",         # text CNN, shared classifier, instance + ranking, SGD, 3 stages
+    "cmpm_f30k:cmpc,smoke",         # Bi-LSTM (max), 1x1 heads, CMPM + CMPC, norm classifier
+    "dual_path_f30k:smoke",         # text CNN, dual-path head, dropout, shared classifier, 3 stages
     "convse_f30k:loss=cmn,smoke",   # GRU + ConVSE heads; MH frozen -> fine-tuned -> ConVSE++
     "aoq_round1_f30k:smoke",        # precomputed (synthetic) features + GRU, MH
 ]

@@ -7,6 +7,7 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from itm_jax import train
@@ -162,3 +163,76 @@ def test_word_vectors_and_pretrained_from_config(tmp_path):
     c.model.pretrained = str(tmp_path / "resnet50.npz")
     with pytest.raises(ValueError, match="needs a CNN image encoder"):
         train.Trainer(c, tmp_path / "run2")
+
+
+def _one_update(config, params, grads, steps=1):
+    stage = train.make_stages(config, 10)[0]
+    tx, _ = train.make_optimizer(config, stage, 10, params)
+    """The summed updates of ``steps`` steps with constant ``grads``."""
+    params, grads = (jax.tree.map(lambda x: np.asarray(x, np.float32), t) for t in (params, grads))
+    state, total = tx.init(params), jax.tree.map(np.zeros_like, params)
+    for _ in range(steps):
+        updates, state = tx.update(grads, state, params)
+        total = jax.tree.map(lambda t, u: t + np.asarray(u).astype(np.float64), total, updates)
+    return total
+
+
+def test_learning_rate_multipliers_scale_the_matched_parameters_only():
+    c = _config()
+    c.optim.update(name="sgd", momentum=0.0, grad_clip=0.0, weight_decay=0.0)
+    rng = np.random.default_rng(0)
+    params = {"image_encoder": {"backbone": {"w": rng.normal(size=(3,))}, "fc": rng.normal(size=(2,))},
+              "text_encoder": {"w": rng.normal(size=(4,))}}
+    grads = jax.tree.map(lambda p: rng.normal(size=p.shape), params)
+    plain = _one_update(c, params, grads)
+    c.optim.lr_multipliers = ((r"^image_encoder\.backbone\.", 0.001), (r"encoder", 0.5))
+    scaled = _one_update(c, params, grads)
+    lr = c.optim.learning_rate
+    np.testing.assert_allclose(plain["image_encoder"]["fc"], -lr * grads["image_encoder"]["fc"])
+    # The first matching pattern wins.
+    np.testing.assert_allclose(scaled["image_encoder"]["backbone"]["w"],
+                               0.001 * plain["image_encoder"]["backbone"]["w"], rtol=1e-6)
+    np.testing.assert_allclose(scaled["image_encoder"]["fc"], 0.5 * plain["image_encoder"]["fc"])
+    np.testing.assert_allclose(scaled["text_encoder"]["w"], 0.5 * plain["text_encoder"]["w"])
+
+
+def test_nesterov_and_clipping_act_on_the_applied_gradients():
+    c = _config()
+    c.optim.update(name="sgd", momentum=0.9, nesterov=True, grad_clip=0.0, weight_decay=0.0)
+    params = {"a": np.ones(3), "b": np.ones(2)}
+    grads = {"a": np.array([3.0, 0.0, 4.0]), "b": np.array([10.0, 0.0])}
+    ref = optax.sgd(c.optim.learning_rate, momentum=0.9, nesterov=True)
+    state, expect = ref.init(params), {k: np.zeros_like(v) for k, v in params.items()}
+    for _ in range(3):
+        u, state = ref.update(grads, state)
+        expect = {k: expect[k] + np.asarray(u[k]) for k in u}
+    got = _one_update(c, params, grads, steps=3)
+    for k in params:
+        np.testing.assert_allclose(got[k], expect[k], rtol=1e-6)
+    # Frozen "b" does not count towards the clipped norm: "a" alone has norm 5 -> scaled by 1/5.
+    c.optim.update(momentum=0.0, nesterov=False, grad_clip=1.0, freeze="^b")
+    got = _one_update(c, params, grads)
+    np.testing.assert_allclose(got["a"], -c.optim.learning_rate * grads["a"] / 5.0, rtol=1e-6)
+    np.testing.assert_array_equal(got["b"], 0.0)
+
+
+def test_init_from_copies_a_base_run_and_leaves_new_heads_fresh(tmp_path):
+    base = _config(steps=3)
+    base.eval_every = 3
+    train.Trainer(base, tmp_path / "base").train()
+    stored = train.Trainer(base, tmp_path / "base").best_weights()[0]
+    c = _config(steps=1)
+    c.model.convse_head = True
+    c.optim.learning_rate = 0.0  # the one step must not move the copied weights
+    c.init_from = str(tmp_path / "base")
+    got = flat_params(train.Trainer(c, tmp_path / "heads").train())
+    want = flat_params(train.TrainState(0, stored, None, None))
+    heads = [k for k in got if "head" in k]
+    assert heads and not any("head" in k for k in want)
+    for k, v in want.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+    assert (tmp_path / "heads" / "vocab.json").read_text() == \
+        (tmp_path / "base" / "vocab.json").read_text()
+    c.init_from = str(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        train.Trainer(c, tmp_path / "other").train()

@@ -66,3 +66,13 @@ class PairSource:
 
     def __repr__(self) -> str:
         return f"PairSource({self.source!r})"
+
+
+def image_ids(source: CaptionedSource) -> np.ndarray:
+    """int64 ``[num_images]``: the dataset's image ids (the index where a source has none).
+
+    Two indices with one id are the same picture (duplicates in a split), so positives and
+    "matching" are decided by id, never by index.
+    """
+    ids = getattr(source, "image_ids", None)
+    return np.arange(source.num_images, dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
