@@ -1,0 +1,80 @@
+"""AOQ round 2 end to end: round-1 run -> itm-mine -> round-2 training on the mined negatives."""
+
+import numpy as np
+import pytest
+
+from itm_jax import train
+from itm_jax.metric_writer import read_metrics
+from itm_jax.mine import mine_run
+from itm_jax.similarity import l2_normalize
+from train_utils import load_config
+
+
+@pytest.fixture(scope="module")
+def round1(tmp_path_factory):
+    root = tmp_path_factory.mktemp("aoq")
+    c = load_config("default.py", "loss=mh,smoke")
+    train.Trainer(c, root / "round1").train()
+    return c, root / "round1", mine_run(c, root / "round1", progress=False)
+
+
+def round2_config(mining_dir, **aoq):
+    c = load_config("default.py", "loss=aoq,smoke")
+    c.aoq.mining_dir = str(mining_dir)
+    c.aoq.update(aoq)
+    return c
+
+
+def test_offline_scores_are_the_cosines_of_the_drawn_items(round1, tmp_path):
+    _, _, mining_dir = round1
+    trainer = train.Trainer(round2_config(mining_dir), tmp_path)
+    batch = next(iter(trainer.loader()))
+    model = trainer.model
+    model.eval()
+    g = trainer.global_batch(batch)
+    out = train.model_outputs(model, g, use_id_positives=True)
+
+    def img(key):
+        return np.asarray(l2_normalize(model.embed_images({"image_feat": g[key]})))
+
+    def cap(role):
+        return np.asarray(l2_normalize(model.embed_captions(
+            {"tokens": g[f"{role}_tokens"], "length": g[f"{role}_length"]})))
+
+    i, t = np.asarray(out["img_emb"]), np.asarray(out["txt_emb"])
+    np.testing.assert_allclose(i, img("image_feat"), rtol=1e-5, atol=1e-6)
+    i_off, i_tilde = img("i_off_image_feat"), img("i_tilde_image_feat")
+    t_off, t_tilde = cap("t_off"), cap("t_tilde")
+    want = {"s_i_toff": (i * t_off).sum(1), "s_ioff_t": (i_off * t).sum(1),
+            "s_ioff_toff": (i_off * t_off).sum(1), "s_itilde_ttilde": (i_tilde * t_tilde).sum(1)}
+    for k, v in want.items():
+        np.testing.assert_allclose(np.asarray(out[k]), v, rtol=1e-5, atol=1e-5, err_msg=k)
+    # The drawn captions are the mined ones: t_off is in the image's list at the drawn rank.
+    i2t = np.load(mining_dir / "i2t.npy")
+    rank, image = batch["offline_rank"], batch["image_index"]
+    t_off_tokens = np.stack([trainer.tokenize(trainer.sources["train"].caption(int(j))["caption"])[0]
+                             for j in i2t[image, rank]])
+    np.testing.assert_array_equal(batch["t_off_tokens"], t_off_tokens)
+
+
+def test_round2_trains_on_the_mined_negatives(round1, tmp_path):
+    _, _, mining_dir = round1
+    state = train.Trainer(round2_config(mining_dir), tmp_path).train()
+    assert int(state.step) == 12
+    rows = [r for r in read_metrics(tmp_path) if "loss/aoq_loss" in r]
+    assert rows and all(np.isfinite(r["loss/aoq_loss"]) for r in rows)
+
+
+def test_offline_variants_need_mined_lists_and_matching_ones(round1, tmp_path):
+    config, _, mining_dir = round1
+    c = round2_config("")
+    with pytest.raises(ValueError, match="itm-mine"):
+        train.Trainer(c, tmp_path / "none")
+    c.losses[0].variant = "online"  # round 1's loss needs no lists
+    train.Trainer(c, tmp_path / "online")
+    other = round2_config(mining_dir)
+    other.data.synthetic.num_train = 150  # another dataset than the one mined
+    with pytest.raises(ValueError, match="re-run itm-mine|another dataset"):
+        train.Trainer(other, tmp_path / "other")
+    with pytest.raises(ValueError, match="h_t"):
+        train.Trainer(round2_config(mining_dir, h_t=301), tmp_path / "long")
