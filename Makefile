@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdir/demo
 
-.PHONY: test demo bench clean
+.PHONY: test demo bench clean chromium
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,8 +12,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed chromium
 	$(PY) -m pytest -n 2 tests
+
+# tests/test_report.py renders the HTML report in headless Chromium; a fresh Debian/Ubuntu
+# machine gets it from apt (as root).
+chromium:
+	@command -v chromium || command -v chromium-browser || command -v google-chrome || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 demo: $(VENV)/.installed
 	$(PY) -m itm_jax.demo --workdir=$(WORKDIR)
