@@ -1,82 +1,221 @@
-"""The main job for now: every loss on one random batch, as a table.
+"""The main job (``make demo``): the losses of five papers compared on the built-in data.
 
-Evaluates each registered loss (default hyper-parameters) on random features of a batch with
-a few duplicated images, and reports its value, gradient norm and jitted step time. Later
-issues replace this with training on the built-in synthetic dataset.
+Trains one model per loss on the synthetic dataset's precomputed features, all with the same
+encoder (``configs/default.py``: precomp projection + GRU, 256-d), optimiser and budget:
 
-Usage: python -m itm_jax.demo [--workdir=DIR] [--batch=128] [--dim=256]
+    sh        sum of hinges (VSE0; VSE++ Eq. 3)
+    mh        max of hinges (VSE++ Eq. 5), also AOQ's round 1
+    imc       MH + intra-modal constraint, L1 (IMC Eq. 3-4)
+    convse    contrastive, sum of negatives (ConVSE Eq. 6-8)
+    convse++  contrastive, max negative (ConVSE++ Eq. 12-14)
+    cmpm      cross-modal projection matching (CMPM Eq. 1-5)
+    aoq       AOQ round 2, adaptive (Eq. 5), on negatives mined from the mh model by itm-mine
+
+Hardest-negative losses (mh, imc, convse++, aoq) spend their first epoch on sum of hinges, as
+``configs/default.py`` explains. Every step is the ordinary command line (``itm_jax.main``,
+``itm_jax.mine``), run as a subprocess; ``--lanes`` of them at a time, each on one CPU thread
+(on a 2-core machine two single-threaded trainings do 1.7x the work of one using both cores:
+the GRU's matmuls are too small to share). Runs live in ``WORKDIR/<loss>`` (``<loss>-seed<s>``
+for further seeds), so a re-run skips finished runs and ``itm-eval`` works on each. Writes
+``WORKDIR/results.{md,csv}`` (test split, best-validation checkpoints; mean and standard
+deviation over seeds) and the retrieval report ``WORKDIR/report.html``.
+
+    python -m itm_jax.demo --workdir=workdir/demo [--seeds=3] [--epochs=3] [--losses=sh,mh]
 """
 
 from __future__ import annotations
 
-import argparse
+import concurrent.futures
+import csv
+import io
+import json
+import os
 import pathlib
+import re
+import subprocess
+import sys
+import threading
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+from absl import app, flags, logging
 
-from itm_jax import losses as L
-from itm_jax.objective import objective, outputs_from_features
+LOSSES = ("sh", "mh", "imc", "convse", "convse++", "cmpm", "aoq")
+TITLES = {
+    "untrained": "untrained (random init)",
+    "sh": "SH (VSE0)",
+    "mh": "MH (VSE++) = AOQ round 1",
+    "imc": "IMC, L1",
+    "convse": "ConVSE (CSN)",
+    "convse++": "ConVSE++ (CMN)",
+    "cmpm": "CMPM",
+    "aoq": "AOQ round 2, adaptive",
+}
+COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "val_rsum")
+ROOT = pathlib.Path(__file__).resolve().parents[1]  # configs/ lives next to the package
 
+_WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "Directory of the runs and results.")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per loss (the table gives mean and std).")
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "Training epochs per run (one of them warm-up).")
+_LOSSES = flags.DEFINE_list("losses", list(LOSSES), f"Subset of {', '.join(LOSSES)}.")
+_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny data and 12 steps per run (tests).")
+_LANES = flags.DEFINE_integer("lanes", min(2, os.cpu_count() or 1),
+                              "Runs at a time, one CPU thread each (1: one run on all cores).")
 
-def _loss_fn(name: str):
-    def f(img_feat, txt_feat, image_ids, cls_weight):
-        out = outputs_from_features(
-            img_feat, txt_feat, image_ids=image_ids, labels=image_ids, cls_weight=cls_weight,
-            img_logits=img_feat @ cls_weight, txt_logits=txt_feat @ cls_weight,
-        )
-        # AOQ's offline negatives, stood in for by shifted pairs of the batch.
-        i, t = out["img_emb"], out["txt_emb"]
-        out["s_i_toff"] = jnp.sum(i * jnp.roll(t, 1, 0), axis=1)
-        out["s_ioff_t"] = jnp.sum(jnp.roll(i, 1, 0) * t, axis=1)
-        out["s_ioff_toff"] = jnp.sum(jnp.roll(i, 1, 0) * jnp.roll(t, 1, 0), axis=1)
-        out["s_itilde_ttilde"] = jnp.sum(jnp.roll(i, 2, 0) * jnp.roll(t, 3, 0), axis=1)
-        return objective(out, [{"name": name}])[0]
-
-    return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
-
-
-def loss_table(batch: int = 128, dim: int = 256, seed: int = 0, repeats: int = 20) -> str:
-    rng = np.random.default_rng(seed)
-    img = rng.normal(size=(batch, dim)).astype(np.float32)
-    txt = (img + 2 * rng.normal(size=(batch, dim))).astype(np.float32)  # noisy pairs
-    ids = np.arange(batch, dtype=np.int32)
-    ids[1::8] = ids[0::8][: len(ids[1::8])]  # some images twice in the batch
-    classes = int(ids.max()) + 1
-    weight = (rng.normal(size=(dim, classes)) / np.sqrt(dim)).astype(np.float32)
-
-    rows = [
-        f"| loss | value | grad norm | ms / step (jit, B={batch}, D={dim}) |",
-        "|---|---:|---:|---:|",
-    ]
-    for name in L.names():
-        step = _loss_fn(name)
-        value, grads = jax.block_until_ready(step(img, txt, ids, weight))
-        start = time.perf_counter()
-        for _ in range(repeats):
-            jax.block_until_ready(step(img, txt, ids, weight))
-        ms = (time.perf_counter() - start) / repeats * 1e3
-        gnorm = float(jnp.sqrt(sum(jnp.sum(g**2) for g in grads)))
-        rows.append(f"| {name} | {float(value):.4f} | {gnorm:.4f} | {ms:.3f} |")
-        print(rows[-1], flush=True)
-    return "\n".join(rows)
+_print_lock = threading.Lock()
+_ABSL_LOG = re.compile(r"^[IWEF]\d{4} ")  # absl/glog records: in the run's log, not on screen
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="workdir/demo")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--dim", type=int, default=256)
-    args = parser.parse_args(argv)
-    print(f"JAX {jax.__version__} on {jax.devices()[0].platform}; one random batch per loss\n")
-    table = loss_table(args.batch, args.dim)
-    workdir = pathlib.Path(args.workdir)
+def run_dir(workdir: pathlib.Path, loss: str, seed: int) -> pathlib.Path:
+    return workdir / (loss if seed == 0 else f"{loss}-seed{seed}")
+
+
+def overrides(loss: str, seed: int, epochs: int) -> list[str]:
+    """The command-line flags of one run: ``configs/default.py:loss=<loss>``, seed, budget."""
+    preset = f"loss={loss}" + (",smoke" if _SMOKE.value else "")
+    flags_ = [f"--config={ROOT / 'configs' / 'default.py'}:{preset}",
+              f"--config.seed={seed}", f"--config.num_epochs={epochs}"]
+    from configs import default  # the warm-up stage keeps its epoch; the loss gets the rest
+
+    if default.get_config(preset).stages:
+        flags_.append(f"--config.stages.1.epochs={epochs - 1}")
+    return flags_
+
+
+def command(tag: str, args: list[str], log: pathlib.Path, single_thread: bool) -> None:
+    """Runs ``python -m <args>``; its lines go to ``log`` and, tagged, to the terminal."""
+    env = dict(os.environ)
+    if single_thread:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                            "intra_op_parallelism_threads=1").strip()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as out:
+        proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for line in proc.stdout:
+            out.write(line)
+            line = line.rstrip().rsplit("\r", 1)[-1]  # the last state of a redrawn line
+            if line and not _ABSL_LOG.match(line):
+                with _print_lock:
+                    print(f"[{tag}] {line}", flush=True)
+        if proc.wait():
+            raise RuntimeError(f"{tag}: `python -m {' '.join(args)}` failed (exit "
+                               f"{proc.returncode}); see {log}.")
+
+
+def train(workdir: pathlib.Path, loss: str, seed: int, epochs: int, single_thread: bool,
+          *extra: str) -> dict:
+    """One ``itm-train`` run (skipped when finished): test metrics, best val R-sum, seconds."""
+    directory = run_dir(workdir, loss, seed)
+    done = directory / "demo_result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    start = time.perf_counter()
+    command(directory.name, ["itm_jax.main", *overrides(loss, seed, epochs),
+                             f"--workdir={directory}", *extra],
+            directory / "demo.log", single_thread)
+    from itm_jax.metric_writer import read_metrics
+
+    val = [r["val/rsum"] for r in read_metrics(directory) if "val/rsum" in r]
+    result = {**json.loads((directory / "test_metrics.json").read_text()),
+              "val_rsum": max(val), "seconds": time.perf_counter() - start}
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def aoq_chain(workdir, seed, epochs, single_thread, with_aoq) -> dict[str, dict]:
+    """Round 1 (mh), mining with it, round 2 (aoq): the one chain of dependent steps."""
+    out = {"mh": train(workdir, "mh", seed, epochs, single_thread)}
+    if with_aoq:
+        teacher = run_dir(workdir, "mh", seed)
+        if (run_dir(workdir, "aoq", seed) / "demo_result.json").exists():
+            return {**out, "aoq": train(workdir, "aoq", seed, epochs, single_thread)}
+        command(f"{teacher.name}/mining", ["itm_jax.mine", *overrides("mh", seed, epochs),
+                                            f"--workdir={teacher}"],
+                teacher / "mining.log", single_thread)
+        out["aoq"] = train(workdir, "aoq", seed, epochs, single_thread,
+                           f"--config.aoq.mining_dir={teacher / 'mining'}")
+    return out
+
+
+def untrained(workdir: pathlib.Path) -> dict:
+    """Metrics of the randomly initialised model: the floor every loss must beat."""
+    from configs import default
+    from itm_jax.train import Trainer
+
+    trainer = Trainer(default.get_config("smoke" if _SMOKE.value else None),
+                      workdir / "untrained")
+    params, rest = trainer.initial_weights()
+    return {**trainer.evaluate(params, rest, "test"),
+            "val_rsum": trainer.evaluate(params, rest, "val")["rsum"], "seconds": 0.0}
+
+
+def run_all(workdir: pathlib.Path, losses, seeds: int, epochs: int, lanes: int):
+    """Every (loss, seed) run, ``lanes`` at a time; results per loss, in ``LOSSES`` order."""
+    if "aoq" in losses and "mh" not in losses:
+        raise app.UsageError("The aoq run mines negatives with the mh model: keep mh in --losses.")
+    single = lanes > 1
+    jobs = []
+    with concurrent.futures.ThreadPoolExecutor(lanes) as pool:
+        for seed in range(seeds):
+            if "mh" in losses:  # the longest chain first, so the lanes end together
+                jobs.append(pool.submit(aoq_chain, workdir, seed, epochs, single, "aoq" in losses))
+            jobs += [pool.submit(lambda l=loss, s=seed: {l: train(workdir, l, s, epochs, single)})
+                     for loss in losses if loss not in ("mh", "aoq")]
+        done = [job.result() for job in jobs]  # re-raises a failed run's error
+    results = {"untrained": [untrained(workdir)]}
+    for loss in losses:
+        results[loss] = [d[loss] for d in done if loss in d]
+    return results
+
+
+def table(results: dict[str, list[dict]]) -> tuple[str, str]:
+    """(Markdown, CSV) of the metrics: mean, and ``± std`` over seeds where there are several."""
+    md = ["| loss | seeds | " + " | ".join(COLUMNS) + " | train s |",
+          "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["loss", "seeds", *(f"{c}_{s}" for c in COLUMNS for s in ("mean", "std")),
+                     "seconds_mean"])
+    for loss, rows in results.items():
+        values = np.array([[r[c] for c in COLUMNS] for r in rows])
+        several = len(rows) > 1
+        mean = values.mean(0)
+        std = values.std(0, ddof=1) if several else np.zeros(len(COLUMNS))
+        seconds = float(np.mean([r["seconds"] for r in rows]))
+        cells = [f"{m:.1f}" + (f" ± {s:.1f}" if several else "") for m, s in zip(mean, std)]
+        md.append(f"| {TITLES[loss]} | {len(rows)} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+        writer.writerow([loss, len(rows), *(f"{x:.2f}" for pair in zip(mean, std) for x in pair),
+                         f"{seconds:.1f}"])
+    return "\n".join(md) + "\n", out.getvalue()
+
+
+def main(argv) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    unknown = sorted(set(_LOSSES.value) - set(LOSSES))
+    if unknown:
+        raise app.UsageError(f"Unknown --losses {unknown}; valid: {', '.join(LOSSES)}.")
+    workdir = pathlib.Path(_WORKDIR.value).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "losses.md").write_text(table + "\n")
-    print(f"\n{table}\n\nwritten to {workdir / 'losses.md'}")
+    start = time.perf_counter()
+    losses = [loss for loss in LOSSES if loss in _LOSSES.value]
+    results = run_all(workdir, losses, _SEEDS.value, _EPOCHS.value, _LANES.value)
+    md, csv_text = table(results)
+    (workdir / "results.md").write_text(md)
+    (workdir / "results.csv").write_text(csv_text)
+    from itm_jax.report import write_report
+
+    report = write_report(workdir).path
+    print(f"\nTest split of the synthetic data (best-validation checkpoints, {_EPOCHS.value} "
+          f"epochs per run; {time.perf_counter() - start:.0f} s in all):\n\n{md}\nWritten: "
+          f"{workdir / 'results.md'}, {workdir / 'results.csv'}, {report}")
+
+
+def run() -> None:
+    sys.path.insert(0, str(ROOT))
+    app.run(main)
 
 
 if __name__ == "__main__":
-    main()
+    run()
