@@ -38,8 +38,10 @@ interleaved so that load from other processes on a shared machine hits both alik
 median and best s/step of each side, the ratio of the medians, the median of the per-repeat
 ratios and the ratio of the best repeats, and the load average. PyTorch runs with
 ``torch.set_num_threads(n)`` for the n CPU cores XLA's thread pool uses (the process's CPU
-affinity). On a busy machine (load above the core count) PyTorch's eager step slows several
-times more than ours, whose ratio then flatters us: read the best repeats there.
+affinity), the target's baseline; each repeat also times it with one thread. On a busy machine
+(load above the core count) the n-thread PyTorch step slows several times more than ours (its
+OpenMP threads wait for each other after every op), and the ratio then flatters us: read the
+best repeats and the 1-thread numbers there.
 
 FLOP/s: the step's useful matmul FLOPs are counted analytically over the valid tokens only
 (what the packed PyTorch GRU computes: for each of the 3 gates, input and recurrent
@@ -49,7 +51,8 @@ The ceiling is the best float32 matmul throughput of XLA on this machine, measur
 run on the GRU's recurrent shape ``[128, 1024] x [1024, 3072]`` and on a large ``2048^3``
 product.
 
-Target (issue #4): ours >= 1.3x the PyTorch steps/s.
+Target (issue #4): ours >= 1.3x the PyTorch steps/s; the SUMMARY line judges it against the
+faster of PyTorch's two thread settings, in the median and in the best repeats.
 """
 
 from __future__ import annotations
@@ -102,10 +105,15 @@ def make_batches(rng, n, *, batch, max_len, vocab, image_dim, regions):
     return batches
 
 
-def sorted_by_length(batch):
-    """The authors' ``collate_fn`` order: captions by length, longest first."""
+def torch_inputs(batch):
+    """``(images, tokens, lengths)`` tensors in the authors' ``collate_fn`` order: captions by
+    length, longest first (``pack_padded_sequence`` needs it)."""
+    import torch
+
     order = np.argsort(-batch["length"], kind="stable")
-    return {k: v[order] for k, v in batch.items()}
+    return (torch.from_numpy(batch["image_feat"][order]),
+            torch.from_numpy(batch["tokens"][order].astype(np.int64)),
+            torch.from_numpy(batch["length"][order].astype(np.int64)))
 
 
 # ----------------------------------------------------------------------------- ours
@@ -202,11 +210,6 @@ def build_torch(model, config, threads):
     margin = config.losses[0].margin
     clip = config.optim.grad_clip
 
-    def to_torch(batch):
-        b = sorted_by_length(batch)
-        return (torch.from_numpy(b["image_feat"]), torch.from_numpy(b["tokens"].astype(np.int64)),
-                torch.from_numpy(b["length"].astype(np.int64)))
-
     def step(inputs):
         images, tokens, lengths = inputs
         optimizer.zero_grad()
@@ -216,7 +219,7 @@ def build_torch(model, config, threads):
         optimizer.step()
         return loss
 
-    return step, to_torch
+    return step
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -260,6 +263,8 @@ def main():
     p.add_argument("--regions", type=int, default=0,
                    help="feed [B, R, 2048] region sets instead of their mean (VSE++: 0)")
     p.add_argument("--skip-torch", action="store_true", help="time ours only")
+    p.add_argument("--no-torch-1thread", action="store_true",
+                   help="skip the extra PyTorch timing with one thread")
     args = p.parse_args()
     steps = args.steps or (3 if args.quick else 5)
     repeats = args.repeats or (3 if args.quick else 7)
@@ -283,8 +288,9 @@ def main():
     if not args.skip_torch:
         import torch
 
-        torch_step, to_torch = build_torch(model, config, threads)
-        torch_batches = [to_torch(b) for b in batches]
+        # One PyTorch model per thread setting, each from our initial weights.
+        torch_steps = {k: build_torch(model, config, threads) for k in ("torch", "torch1")}
+        torch_batches = [torch_inputs(b) for b in batches]
         print(f"torch {torch.__version__}: torch.get_num_threads() = {torch.get_num_threads()}")
 
     # Same weights, same batches: the losses of the first steps must agree.
@@ -296,7 +302,7 @@ def main():
         if i == 0:
             print(f"ours: compile + first step {time.perf_counter() - t0:.1f} s")
         if not args.skip_torch:
-            losses["torch"].append(torch_step(torch_batches[i % NUM_BATCHES]).item())
+            losses["torch"].append(torch_steps["torch"](torch_batches[i % NUM_BATCHES]).item())
     print("losses, steps 1-3: ours " + " ".join(f"{v:.5f}" for v in losses["ours"]) +
           ("" if args.skip_torch else
            " | torch " + " ".join(f"{v:.5f}" for v in losses["torch"]) +
@@ -310,26 +316,32 @@ def main():
         jax.block_until_ready((state, metrics))
         return (time.perf_counter() - t0) / steps, float(metrics["loss"])
 
-    def run_torch(start):
+    def run_torch(side, start, num_threads):
+        torch.set_num_threads(num_threads)
         t0 = time.perf_counter()
         for i in range(steps):
-            loss = torch_step(torch_batches[(start + i) % NUM_BATCHES])
+            loss = torch_steps[side](torch_batches[(start + i) % NUM_BATCHES])
         loss = loss.item()
-        return (time.perf_counter() - t0) / steps, loss
+        elapsed = time.perf_counter() - t0
+        torch.set_num_threads(threads)
+        return elapsed / steps, loss
 
     load_start = os.getloadavg()[0]
     ceiling = matmul_ceiling()
-    times = {"ours": [], "torch": []}
+    # PyTorch at one thread too: the same work, immune to OpenMP stalls on a busy machine.
+    sides = {} if args.skip_torch else {"torch": threads}
+    if not args.skip_torch and threads > 1 and not args.no_torch_1thread:
+        sides["torch1"] = 1
+    times = {"ours": [], **{k: [] for k in sides}}
     for r in range(repeats):
         start = 3 + r * steps
         t, loss_ours = run_ours(start)
         times["ours"].append(t)
         line = f"repeat {r + 1}/{repeats}: ours {t:.3f} s/step (loss {loss_ours:.3f})"
-        if not args.skip_torch:
-            t, loss_torch = run_torch(start)
-            times["torch"].append(t)
-            line += (f", torch {t:.3f} s/step (loss {loss_torch:.3f}), "
-                     f"ratio {times['torch'][-1] / times['ours'][-1]:.2f}x")
+        for side, num_threads in sides.items():
+            t, loss_torch = run_torch(side, start, num_threads)
+            times[side].append(t)
+            line += f", {side} {t:.3f} s/step (loss {loss_torch:.3f}, {t / times['ours'][-1]:.2f}x)"
         print(line, flush=True)
     for name, v in matmul_ceiling().items():  # again: keep the best of before and after
         ceiling[name] = max(ceiling[name], v)
@@ -342,34 +354,41 @@ def main():
           f"({tokens:.0f} valid tokens; padding excluded)")
     med = {k: statistics.median(v) for k, v in times.items() if v}
     best = {k: min(v) for k, v in times.items() if v}
+    names = {"ours": "ours", "torch": f"PyTorch, {threads} threads", "torch1": "PyTorch, 1 thread"}
     for k in med:
-        print(f"{k:5s}: median {med[k]:.3f} s/step = {1 / med[k]:.2f} steps/s, "
+        print(f"{names[k]}: median {med[k]:.3f} s/step = {1 / med[k]:.2f} steps/s, "
               f"{flops / med[k] / 1e9:.1f} GFLOP/s = {flops / med[k] / best_ceiling:.0%} of the "
               f"matmul ceiling; best repeat {best[k]:.3f} s/step = "
               f"{flops / best[k] / best_ceiling:.0%} of the ceiling")
-    busy = (f"; the machine was busy (1-min load {load_start:.1f} -> {load:.1f} on {threads} "
-            "cores): other processes take cores from both sides, and a PyTorch eager step, "
-            "which synchronises its OpenMP threads after every op, slows far more than ours, so "
-            "the ratio of the best repeats is the fairer one"
-            if max(load_start, load) > threads else "")
+    busy = max(load_start, load) > threads
+    note = (f"; the machine was busy (1-min load {load_start:.1f} -> {load:.1f} on {threads} "
+            "cores): a multi-threaded PyTorch eager step, whose OpenMP threads meet at the end "
+            "of every op, then slows far more than ours; read the best repeats and the "
+            "1-thread PyTorch numbers" if busy else "")
+    ceiling_text = (f"ours at {flops / med['ours'] / best_ceiling:.0%} of the "
+                    f"{best_ceiling / 1e9:.0f} GFLOP/s matmul ceiling")
     if args.skip_torch:
         print(f"SUMMARY: ours {1 / med['ours']:.2f} steps/s (median of {repeats} x {steps} steps), "
-              f"{flops / med['ours'] / best_ceiling:.0%} of the {best_ceiling / 1e9:.0f} GFLOP/s "
-              f"matmul ceiling; torch skipped{busy}")
+              f"{ceiling_text}; torch skipped{note}")
         return
-    ratio = med["torch"] / med["ours"]
-    ratio_best = best["torch"] / best["ours"]
-    paired = statistics.median(b / a for a, b in zip(times["ours"], times["torch"]))
-    print(f"torch s/step / ours s/step: ratio of medians {ratio:.2f}x, median of the per-repeat "
-          f"ratios {paired:.2f}x, ratio of the best repeats {ratio_best:.2f}x "
-          f"(target >= {TARGET}x){busy}")
+    ratios = {}
+    for k in sides:
+        ratios[k] = (med[k] / med["ours"], best[k] / best["ours"],
+                     statistics.median(b / a for a, b in zip(times["ours"], times[k])))
+        print(f"{names[k]} s/step / ours s/step: ratio of medians {ratios[k][0]:.2f}x, ratio of "
+              f"the best repeats {ratios[k][1]:.2f}x, median of the per-repeat ratios "
+              f"{ratios[k][2]:.2f}x (target >= {TARGET}x)")
+    if note:
+        print(note[2:])
+    # The verdict is against the faster PyTorch setting: its fastest normal eager form here.
+    base = min(sides, key=lambda k: med[k])
+    ratio, ratio_best, _ = ratios[base]
     verdict = "meets" if min(ratio, ratio_best) >= TARGET else "misses"
-    print(f"SUMMARY: ours {1 / med['ours']:.2f} steps/s vs PyTorch {1 / med['torch']:.2f} steps/s "
-          f"(median of {repeats} x {steps} steps: {ratio:.2f}x; best repeats "
-          f"{1 / best['ours']:.2f} vs {1 / best['torch']:.2f} steps/s: {ratio_best:.2f}x; "
-          f"{verdict} the {TARGET}x target); ours at {flops / med['ours'] / best_ceiling:.0%} "
-          f"of the {best_ceiling / 1e9:.0f} GFLOP/s matmul ceiling; load {load_start:.1f} -> "
-          f"{load:.1f} on {threads} cores")
+    others = "".join(f"; vs {names[k]} {ratios[k][0]:.2f}x" for k in sides if k != base)
+    print(f"SUMMARY: ours {1 / med['ours']:.2f} steps/s vs PyTorch {1 / med[base]:.2f} steps/s "
+          f"({names[base]}, its faster setting; median of {repeats} x {steps} steps): "
+          f"{ratio:.2f}x (best repeats {ratio_best:.2f}x), {verdict} the {TARGET}x target{others}; "
+          f"{ceiling_text}; load {load_start:.1f} -> {load:.1f} on {threads} cores")
 
 
 if __name__ == "__main__":
