@@ -5,23 +5,24 @@
 
 Random L2-normalised float32 embeddings, 5 consecutive captions per image; each image's top
 H_t=300 captions and each caption's top H_i=60 images, positives excluded. Timed in one run,
-each method's best of ``--repeats`` (interleaved, since the machine may be shared); "ours" is
-the faster of one device and one device per core:
+each method's best of ``--repeats``, the repeats interleaved (the machine may be shared):
 
-- ours: ``mining.mine_arrays`` (backend "jax"), on one XLA CPU device per core (``--devices``;
-  this script sets ``--xla_force_host_platform_device_count`` before JAX starts), so the image
-  blocks run on all cores as they would on the devices of an accelerator host;
+- ours: ``mining.mine_arrays`` (backend "jax", ``--block_size`` rows per block), on one XLA CPU
+  device and on one device per core (``--devices``; this script sets
+  ``--xla_force_host_platform_device_count`` before JAX starts), as the blocks would run on an
+  accelerator host's devices; the faster of the two is "ours" (other processes on a shared
+  machine may hold the cores the extra devices need);
 - numpy: per block of 1000 images, ``I @ C.T`` (BLAS), positives masked, ``argpartition`` + sort
   of the rows (i2t) and of the columns merged into running top lists (t2i);
 - faiss: ``IndexFlatIP`` searched once per direction for k + 5 (or + 1) and positives dropped;
 - matmul: the ``[N, D] x [D, M]`` float32 product alone, the ceiling of any exact method: one
-  jitted JAX dot, JAX dots in blocks of 1000 rows (ours' shape), and NumPy's; the fastest is the
-  ceiling.
+  jitted JAX dot, JAX dots in blocks of 1000 rows (ours' engine), and NumPy's (BLAS); the
+  fastest is the ceiling.
 
 All methods must agree by score (the sorted score lists equal to 1e-5; float32 rounding of the
 different matmul kernels may swap near-ties). Targets on a 2-core CPU: ours <= 0.8x faiss and
 <= 1.5x the matmul ceiling. The COCO projection (113,287 x 566,435) scales ours' time by the
-score count (the top-k work per score is about constant at this density or lower).
+number of scores (the top-k work per score is about constant at this density or lower).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--devices", type=int, default=_DEVICES,
                     help="XLA CPU devices for ours (default: one per core)")
-    ap.add_argument("--block_size", type=int, default=1024, help="ours' image rows per block")
+    ap.add_argument("--block_size", type=int, default=512, help="ours' image rows per block")
     args = ap.parse_args()
     n, d = (2000, 512) if args.quick else (5000, 1024)
     m = n * CAPS

@@ -38,7 +38,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("checkpoint", None, "Teacher run directory (default: --workdir).")
     flags.DEFINE_integer("h_t", None, "Captions mined per image (default: config.aoq.h_t, 300).")
     flags.DEFINE_integer("h_i", None, "Images mined per caption (default: config.aoq.h_i, 60).")
-    flags.DEFINE_integer("block_size", 1024, "Image rows per score block (a multiple of 32).")
+    flags.DEFINE_integer("block_size", 512, "Image rows per score block (a multiple of 32).")
     flags.DEFINE_enum("backend", "jax", ["jax", "faiss"], "Scoring backend.")
 
 
@@ -100,7 +100,7 @@ def train_embeddings(trainer, params, rest, cache: pathlib.Path, key: dict[str, 
 
 
 def mine_run(config, workdir, checkpoint=None, *, h_t: int | None = None, h_i: int | None = None,
-             block_size: int = 1024, backend: str = "jax", progress: bool = True) -> pathlib.Path:
+             block_size: int = 512, backend: str = "jax", progress: bool = True) -> pathlib.Path:
     """Mines the training split of ``config`` with the teacher run ``checkpoint`` (default
     ``workdir``) into ``workdir/mining``; returns that directory.
 

@@ -225,11 +225,11 @@ _CHUNK_BYTES = 2 << 30
 
 
 def _make_plan(n: int, m: int, block_size: int, chunk_blocks: int | None, devices: int) -> _Plan:
-    if block_size % 32 or block_size < 32:
-        raise ValueError(f"block_size={block_size} must be a positive multiple of 32.")
+    if block_size % _GROUP or block_size < _GROUP:
+        raise ValueError(f"block_size={block_size} must be a positive multiple of {_GROUP}.")
     per_device = max(1, math.ceil(n / (devices * block_size)))
-    # The same number of blocks with the padding spread over them (whole 32-row groups).
-    block = 32 * math.ceil(n / (devices * per_device) / 32)
+    # As many blocks, the padding spread over them (whole groups of rows).
+    block = _GROUP * math.ceil(n / (devices * per_device) / _GROUP)
     candidates = 8 * block * _pad_captions(m, devices) * _KEEP // _GROUP
     blocks = min(per_device, chunk_blocks or max(1, _CHUNK_BYTES // candidates))
     return _Plan(block, blocks, devices)
@@ -239,11 +239,15 @@ def _pad_captions(m: int, devices: int) -> int:
     return -(-m // (8 * devices)) * 8 * devices  # the t2i lists are split over the devices
 
 
-def _masked_scores(img, img_code, img_pad, caps, cap_code, cap_pad):
-    """``[B, M]`` float32 scores ``img @ caps.T``, -inf for positives (same picture) and padding."""
-    s = lax.dot_general(img, caps, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
-    negative = (img_code[:, None] != cap_code[None, :]) & ~img_pad[:, None] & ~cap_pad[None, :]
-    return jnp.where(negative, s, -jnp.inf)
+def _scores(img, caps):
+    """``[B, M]`` float32 scores ``img @ caps.T`` (full float32 precision on every backend)."""
+    return lax.dot_general(img, caps, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
+
+
+def _negatives(s, img_code, img_pad, cap_code):
+    """``s [B, M]`` with -inf for positives (same picture) and padding rows. Left unmaterialised:
+    XLA fuses it into the group pass that reads it."""
+    return jnp.where((img_code[:, None] != cap_code[None, :]) & ~img_pad[:, None], s, -jnp.inf)
 
 
 def _merge_rows(state_v, state_i, new_v, new_i, k: int):
@@ -252,30 +256,31 @@ def _merge_rows(state_v, state_i, new_v, new_i, k: int):
     return top, jnp.take_along_axis(jnp.concatenate([state_i, new_i], axis=1), pos, axis=1)
 
 
-def _device_blocks(x, code, pad, first, caps, cap_code, cap_pad, *, plan: _Plan, h_t: int,
-                   h_i: int):
-    """One device's rows ``[blocks * block, D]``: their i2t lists, and per caption the top
-    ``h_i`` of its candidates and the largest dropped score."""
+def _device_blocks(x, code, pad, first, caps, cap_code, *, plan: _Plan, k_t: int, h_i: int,
+                   mp: int):
+    """One device's rows ``[blocks * block, D]``: the top ``k_t`` captions of each row, positives
+    included (``k_t`` = h_t + the most captions a picture has; the caller drops them), and per
+    caption (padded to ``mp``) the top ``h_i`` of its candidates and the largest dropped score."""
 
     def block(args):
         xb, cb, pb, start = args
-        s = _masked_scores(xb, cb, pb, caps, cap_code, cap_pad)  # [block, Mp]
-        return _top_k(s, h_t) + _column_candidates(s, start)
+        s = _scores(xb, caps)  # [block, M]
+        return _top_k(s, k_t) + _column_candidates(_negatives(s, cb, pb, cap_code), start)
 
-    d, mp = x.shape[1], caps.shape[0]
+    d, m = x.shape[1], caps.shape[0]
     starts = first[0] + plan.block * jnp.arange(plan.blocks, dtype=jnp.int32)
     i2t_v, i2t_i, cand_v, cand_i, bound = lax.map(block, (
         x.reshape(plan.blocks, plan.block, d), code.reshape(plan.blocks, plan.block),
         pad.reshape(plan.blocks, plan.block), starts))
-    flat = lambda a: a.transpose(2, 0, 1).reshape(mp, -1)  # [Mp, blocks * candidates]
+    flat = lambda a: a.transpose(2, 0, 1).reshape(m, -1)  # [M, blocks * candidates]
     k = min(h_i, flat(cand_v).shape[1])
     top, pos = _top_k(flat(cand_v), k)
-    pad_k = ((0, 0), (0, h_i - k))
-    top = jnp.pad(top, pad_k, constant_values=-jnp.inf)
-    index = jnp.pad(jnp.take_along_axis(flat(cand_i), pos, axis=1), pad_k)
+    index = jnp.take_along_axis(flat(cand_i), pos, axis=1)
+    to_mp = lambda a, v: jnp.pad(a, ((0, mp - m),) + ((0, h_i - k),) * (a.ndim - 1),
+                                 constant_values=v)
     rows = plan.blocks * plan.block
-    return (i2t_v.reshape(rows, h_t), i2t_i.reshape(rows, h_t), top[None], index[None],
-            bound.max(axis=0)[None])
+    return (i2t_v.reshape(rows, k_t), i2t_i.reshape(rows, k_t), to_mp(top, -jnp.inf)[None],
+            to_mp(index, 0)[None], to_mp(bound.max(axis=0), -jnp.inf)[None])
 
 
 def _device_merge(part_v, part_i, part_b, state_v, state_i, state_b, *, h_i: int, fresh: bool):
@@ -293,18 +298,18 @@ def _device_merge(part_v, part_i, part_b, state_v, state_i, state_b, *, h_i: int
     return top, jnp.take_along_axis(flat(part_i), pos, axis=1), bound
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "plan", "h_t", "h_i", "fresh"),
-                   donate_argnums=(7, 8, 9))
-def _chunk_step(x, code, pad, first, caps, cap_code, cap_pad, state_v, state_i, state_b, *,
-                mesh: Mesh, plan: _Plan, h_t: int, h_i: int, fresh: bool):
+@functools.partial(jax.jit, static_argnames=("mesh", "plan", "k_t", "h_i", "fresh"),
+                   donate_argnums=(6, 7, 8))
+def _chunk_step(x, code, pad, first, caps, cap_code, state_v, state_i, state_b, *, mesh: Mesh,
+                plan: _Plan, k_t: int, h_i: int, fresh: bool):
     """A chunk ``[rows, D]`` (sharded over ``mesh``'s devices, each walking its blocks): its i2t
-    lists and the t2i state ``[Mp, h_i]`` (sharded over captions) with its columns merged
+    candidates and the t2i state ``[Mp, h_i]`` (sharded over captions) with its columns merged
     (``fresh``: the state holds no image yet)."""
     rows, repl = P("data"), P()
     i2t_v, i2t_i, part_v, part_i, part_b = jax.shard_map(
-        functools.partial(_device_blocks, plan=plan, h_t=h_t, h_i=h_i), mesh=mesh,
-        in_specs=(rows,) * 4 + (repl,) * 3, out_specs=(rows,) * 5,
-    )(x, code, pad, first, caps, cap_code, cap_pad)
+        functools.partial(_device_blocks, plan=plan, k_t=k_t, h_i=h_i, mp=state_v.shape[0]),
+        mesh=mesh, in_specs=(rows,) * 4 + (repl,) * 2, out_specs=(rows,) * 5,
+    )(x, code, pad, first, caps, cap_code)
     cols = P(None, "data")
     state = jax.shard_map(functools.partial(_device_merge, h_i=h_i, fresh=fresh), mesh=mesh,
                           in_specs=(cols, cols, cols) + (rows,) * 3, out_specs=(rows,) * 3,
@@ -318,15 +323,16 @@ class _JaxMiner:
     def __init__(self, x: _Inputs, plan: _Plan, h_t: int, h_i: int, devices):
         self.x, self.plan, self.h_t, self.h_i = x, plan, h_t, h_i
         self.mesh = Mesh(np.asarray(devices), ("data",))
-        m, mp = len(x.cap), _pad_captions(len(x.cap), len(devices))
-        self.m, self.mp = m, mp
+        self.m, self.mp = len(x.cap), _pad_captions(len(x.cap), len(devices))
         repl = NamedSharding(self.mesh, P())
         self.rows = NamedSharding(self.mesh, P("data"))
-        self.caps = jax.device_put(np.pad(x.cap, ((0, mp - m), (0, 0))), repl)
-        self.cap_code = jax.device_put(np.pad(x.cap_code, (0, mp - m), constant_values=-1), repl)
-        self.cap_pad = jax.device_put(np.arange(mp) >= m, repl)
-        self.set_state(np.full((m, h_i), -np.inf, np.float32), np.zeros((m, h_i), np.int32),
-                       np.full((m,), -np.inf, np.float32))
+        self.caps = jax.device_put(x.cap, repl)
+        self.cap_code = jax.device_put(x.cap_code, repl)
+        # Rows are mined with their positives, dropped afterwards: a picture has at most
+        # `positives` captions.
+        self.k_t = h_t + int(np.bincount(x.cap_code).max(initial=0))
+        self.set_state(np.full((self.m, h_i), -np.inf, np.float32),
+                       np.zeros((self.m, h_i), np.int32), np.full((self.m,), -np.inf, np.float32))
 
     def step(self, start: int, x: np.ndarray, code: np.ndarray):
         """Mines image rows ``[start, start + len(x))`` (at most a chunk); returns their i2t
@@ -337,10 +343,11 @@ class _JaxMiner:
             np.pad(x, ((0, rows - n), (0, 0))), np.pad(code, (0, rows - n), constant_values=-1),
             np.arange(rows) >= n, first.astype(np.int32))]
         i2t_v, i2t_i, *self.state = _chunk_step(
-            *args, self.caps, self.cap_code, self.cap_pad, *self.state, mesh=self.mesh,
-            plan=self.plan, h_t=self.h_t, h_i=self.h_i, fresh=self.fresh)
+            *args, self.caps, self.cap_code, *self.state, mesh=self.mesh, plan=self.plan,
+            k_t=self.k_t, h_i=self.h_i, fresh=self.fresh)
         self.fresh = False
-        return np.asarray(i2t_v)[:n], np.asarray(i2t_i)[:n]
+        values, index = np.asarray(i2t_v)[:n], np.asarray(i2t_i)[:n]
+        return _first_kept(values, index, self.x.cap_code[index] != code[:, None], self.h_t)
 
     def get_state(self):
         return tuple(np.asarray(a)[:self.m] for a in self.state)
@@ -364,7 +371,7 @@ def _exact_columns_fn(img, img_code, img_pad, caps, cap_code, *, k: int, block: 
 
     def step(state, args):
         xb, cb, pb, start = args
-        s = _masked_scores(xb, cb, pb, caps, cap_code, jnp.zeros(cap_code.shape, bool))
+        s = _negatives(_scores(xb, caps), cb, pb, cap_code)
         rows = start + lax.broadcasted_iota(jnp.int32, s.T.shape, 1)
         return _merge_rows(*state, s.T, rows, k), None
 
@@ -515,7 +522,7 @@ def _progress_bar(total: int, enabled: bool):
 
 
 def mine_arrays(img_emb, cap_emb, cap_to_img, *, image_ids=None, h_t: int = 300, h_i: int = 60,
-                backend: str = "jax", block_size: int = 1024, chunk_blocks: int | None = None,
+                backend: str = "jax", block_size: int = 512, chunk_blocks: int | None = None,
                 devices=None, progress: bool = False) -> Mined:
     """The mined lists of embeddings, in memory (one process; ``mine`` writes resumable files).
 
@@ -529,7 +536,8 @@ def mine_arrays(img_emb, cap_emb, cap_to_img, *, image_ids=None, h_t: int = 300,
         ``h_i`` negative images (``ValueError`` otherwise).
       backend: ``"jax"`` or ``"faiss"`` (optional dependency).
       block_size: image rows per score block (a multiple of 32); a device holds
-        ``[block_size, M]`` float32 scores at a time.
+        ``[block_size, M]`` float32 scores at a time (on CPU, 512 keeps the passes over a block
+        in cache better than larger blocks).
       chunk_blocks: blocks per device between merges into the t2i lists (default: as many as fit
         2 GiB of candidates).
       devices: the devices of the ``data`` mesh axis (default: this process's devices).
@@ -646,7 +654,7 @@ def _finished(out_dir: pathlib.Path, fingerprint: str) -> dict | None:
 
 
 def mine(img_emb, cap_emb, cap_to_img, out_dir, *, image_ids=None, h_t: int = 300, h_i: int = 60,
-         backend: str = "jax", block_size: int = 1024, chunk_blocks: int | None = None,
+         backend: str = "jax", block_size: int = 512, chunk_blocks: int | None = None,
          devices=None, metadata: Mapping[str, Any] | None = None, keep_work: bool = False,
          progress: bool = True) -> dict:
     """Mines the lists of ``mine_arrays`` into ``out_dir``, resumably; returns the manifest.
