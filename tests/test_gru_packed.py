@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("skip_xla_optimizations")
 
 def run(model, tokens, lengths, w, *, packed, monkeypatch):
     """Output and parameter gradients of ``sum(model(tokens, lengths) * w)`` on one path."""
-    monkeypatch.setattr(text, "_packed_gru_available", lambda: packed)
+    monkeypatch.setattr(text, "_packed_gru_available", lambda hidden: packed)
 
     def loss(m):  # a new function per call: the path is chosen when tracing
         out = m(tokens, lengths)
@@ -76,6 +76,7 @@ def test_packed_gru_ignores_padding(monkeypatch):
                                rtol=1e-6, atol=1e-7)
 
 
-def test_packed_gru_is_the_single_cpu_device_path():
-    assert text._packed_gru_available() == (
-        jax.default_backend() == "cpu" and jax.device_count() == 1)
+def test_packed_gru_is_the_single_cpu_device_path_of_large_grus():
+    single_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    assert text._packed_gru_available(1024) == text._packed_gru_available(512) == single_cpu
+    assert not text._packed_gru_available(256)
