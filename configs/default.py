@@ -9,8 +9,9 @@ steps, the last one at a tenth of the learning rate):
 Every other config imports this one and changes a few fields; presets after the colon:
 ``loss=sh|mh|imc|convse|convse++|cmpm|aoq`` swaps the objective for another paper's loss with
 its hyper-parameters (the ablation of ``python -m itm_jax.demo``; same encoder and budget;
-``aoq`` is round 2 and needs ``--config.aoq.mining_dir``), and ``smoke`` shrinks data and steps
-so a run finishes in seconds (tests): ``configs/default.py:loss=imc,smoke``.
+``aoq`` is round 2 and needs ``--config.aoq.mining_dir``), ``no_warmup`` drops the SH epoch that
+hardest-negative losses start with, and ``smoke`` shrinks data and steps so a run finishes in
+seconds (tests): ``configs/default.py:loss=imc,smoke``.
 """
 
 import ml_collections
@@ -33,16 +34,16 @@ WARM_UP = ("mh", "imc", "convse++", "aoq")
 
 
 def _parse(arg: str | None) -> dict:
-    out = {"loss": "mh", "smoke": False}
+    out = {"loss": "mh", "smoke": False, "no_warmup": False}
     for item in filter(None, (s.strip() for s in (arg or "").split(","))):
         key, _, value = item.partition("=")
-        if item == "smoke":
-            out["smoke"] = True
+        if item in ("smoke", "no_warmup"):
+            out[item] = True
         elif key == "loss" and value in LOSSES:
             out["loss"] = value
         else:
             raise ValueError(f"Unknown preset {item!r} for configs/default.py; valid: smoke, "
-                             f"loss={{{','.join(LOSSES)}}}.")
+                             f"no_warmup, loss={{{','.join(LOSSES)}}}.")
     return out
 
 
@@ -102,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # after 400 steps, where SH reaches 256): one epoch of SH first, as VSE-infinity's warm-up.
     c.stages = []
     last_epoch_decay = c.get_ref("num_epochs") - 1  # epochs before the decay (in the stage)
-    if a.loss in WARM_UP:
+    if a.loss in WARM_UP and not a.no_warmup:
         c.losses.append(ml_collections.ConfigDict(dict(name="sum_of_hinges", weight=0.0,
                                                        margin=0.2)))
         off = {name: 0.0 for name, _ in LOSSES[a.loss]}

@@ -15,9 +15,9 @@ Hardest-negative losses (mh, imc, convse++, aoq) spend their first epoch on sum 
 ``configs/default.py`` explains. Every step is the ordinary command line (``itm_jax.main``,
 ``itm_jax.mine``), run as a subprocess; ``--lanes`` of them at a time, each pinned to its own
 share of the CPU cores (the GRU's matmuls are too small to share cores well, and unpinned runs
-oversubscribe them with their thread pools: on 2 cores, two pinned runs do 6.7 steps/s each,
-two unpinned ones 4.5). Runs live in ``WORKDIR/<loss>`` (``<loss>-seed<s>``
-for further seeds), so a re-run skips finished runs and ``itm-eval`` works on each. Writes
+oversubscribe them with their thread pools: on 2 cores two unpinned runs did 4.2 steps/s each).
+Runs live in ``WORKDIR/<loss>`` (``<loss>-seed<s>`` for further seeds), so a re-run skips
+finished runs and ``itm-eval`` works on each; they share one JAX compilation cache. Writes
 ``WORKDIR/results.{md,csv}`` (test split, best-validation checkpoints; mean and standard
 deviation over seeds) and the retrieval report ``WORKDIR/report.html``.
 

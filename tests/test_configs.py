@@ -124,6 +124,24 @@ def test_cli_overrides_reach_list_entries(monkeypatch):
         load("convse_f30k", "", "--config.stages[0].learnin_rate=1e-5", monkeypatch=monkeypatch)
 
 
+def test_default_schedule_follows_num_epochs(monkeypatch):
+    # configs/default.py: the SH warm-up epoch, then the loss; x0.1 for the last epoch. Both
+    # follow --config.num_epochs; a stage's schedule counts from the stage's start.
+    spe = 156
+    for arg, epochs, warm in (("", 4, True), ("loss=sh", 4, False), ("loss=imc", 7, True),
+                              ("no_warmup", 6, False)):
+        c = load("default", arg, f"--config.num_epochs={epochs}", monkeypatch=monkeypatch)
+        stages = train.make_stages(c, spe)
+        assert [(s.start, s.end) for s in stages] == (
+            [(0, spe), (spe, epochs * spe)] if warm else [(0, epochs * spe)])
+        assert [s.losses[0]["name"] for s in stages][:1] == (
+            ["sum_of_hinges"] if warm or arg == "loss=sh" else ["max_of_hinges"])
+        decay_at = stages[-1].start + train.to_steps(c.optim, spe, prefix="lr_decay_")
+        assert decay_at == (epochs - 1) * spe
+    with pytest.raises(flags.IllegalFlagValueError, match="no_warmup"):
+        load("default", "warmup")
+
+
 def test_docstrings_state_target_command_and_data():
     for name in CONFIGS:
         doc = importlib.import_module(f"configs.{name}").__doc__
