@@ -99,8 +99,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_steps = -1  # >= 0 overrides num_epochs
     # Optional list of stages, each {epochs|steps, learning_rate, freeze, freeze_backbone,
     # loss_weights: {label: weight}}; empty = one stage from the fields above. From scratch,
-    # hardest-negative losses never leave the collapsed start on this data (MH: val R-sum 14
-    # after 400 steps, where SH reaches 256): one epoch of SH first, as VSE-infinity's warm-up.
+    # hardest-negative losses never leave the collapsed start on this data (MH, `no_warmup`: val
+    # R-sum 24 after 4 epochs, where one epoch of SH reaches 128): one epoch of SH first, as
+    # VSE-infinity's warm-up.
     c.stages = []
     last_epoch_decay = c.get_ref("num_epochs") - 1  # epochs before the decay (in the stage)
     if a.loss in WARM_UP and not a.no_warmup:
