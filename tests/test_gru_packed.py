@@ -37,6 +37,7 @@ def run(model, tokens, lengths, w, *, packed, monkeypatch):
         ([4] * 6, 4, 1),  # every caption as long as L
         (np.random.default_rng(0).integers(1, 10, 37), 9, 2),  # three blocks, the last partial
         (np.random.default_rng(1).integers(1, 12, 40), 13, 1),  # L past the longest caption
+        (np.random.default_rng(2).integers(1, 8, 200), 8, 1),  # > 16 blocks: 16-row blocks
     ],
 )
 def test_packed_gru_matches_scan(lengths, seq, num_layers, monkeypatch):
@@ -74,6 +75,13 @@ def test_packed_gru_ignores_padding(monkeypatch):
     np.testing.assert_allclose(out_g, out, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(grads_g.embed.embedding[...], grads.embed.embedding[...],
                                rtol=1e-6, atol=1e-7)
+
+
+def test_row_blocks_cap_the_branch_count():
+    assert [text._gru_row_block(b) for b in (5, 128, 129, 200, 500)] == [8, 8, 16, 16, 32]
+    assert text._gru_row_counts(200) == list(range(0, 200, 16)) + [200]
+    n = jnp.array([0, 1, 16, 17, 199, 200])
+    np.testing.assert_array_equal(text._gru_branch(n, 200), [0, 1, 1, 2, 13, 13])
 
 
 def test_packed_gru_is_the_single_cpu_device_path_of_large_grus():
