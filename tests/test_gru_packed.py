@@ -35,6 +35,8 @@ def run(model, tokens, lengths, w, *, packed, monkeypatch):
     [
         ([7, 3, 1, 5, 2], 7, 1),  # one row block, a length-1 caption, one at L
         ([4] * 6, 4, 1),  # every caption as long as L
+        ([1], 1, 1),  # a batch of one caption of one token (L padded to a whole chunk)
+        ([3], 5, 2),  # a batch of one, two layers
         (np.random.default_rng(0).integers(1, 10, 37), 9, 2),  # three blocks, the last partial
         (np.random.default_rng(1).integers(1, 12, 40), 13, 1),  # L past the longest caption
         (np.random.default_rng(2).integers(1, 8, 200), 8, 1),  # > 16 blocks: 16-row blocks
