@@ -148,17 +148,17 @@ def _at(x: jax.Array, index: jax.Array) -> jax.Array:
 # its steps, so no [L, B, 3H] array is ever stored. Everything is feature-major: a state is
 # ``[H, B]``, a sequence ``[L, F, B]``, every product a plain ``W @ h`` with the batch as the
 # minor axis, which XLA:CPU runs faster than ``h @ W`` on a few rows, and a block of rows is a
-# column slice that needs no transpose. (Against the earlier row-major, one-switch-per-step
-# layer: about 5% faster forward + backward at batch 128 / 1024 units, in an interleaved A/B.)
+# column slice that needs no transpose.
 _GRU_ROW_BLOCK = 8
 _GRU_MAX_BLOCKS = 16  # larger batches (evaluation) get larger blocks: fewer branches to compile
 _GRU_TIME_CHUNK = 2  # steps per chunk forward: a row block that fits the steps closely
 _GRU_GRAD_CHUNK = 4  # backward (a multiple of it): larger weight-gradient matmuls
 
 
-# Below this hidden size the recurrent matmuls are too small for packing to pay: at 256 units
-# (batch 128, single core) the plain scan ran as fast (8.7 vs 8.5 steps/s) and compiled in 3 s
-# instead of 17; at 1024 packing is about 5x faster.
+# Below this hidden size packing does not pay for its compile time: at 256 units (batch 128,
+# 128-d words, one core, as a demo lane) the packed text forward + backward took 0.066 s against
+# the plain scan's 0.110 s, but compiled in 29 s instead of 2, which over a ~600-step demo run
+# cancels the gain; at 1024 packing is about 5x faster.
 _PACKED_GRU_MIN_HIDDEN = 512
 
 
@@ -346,9 +346,9 @@ class GRUTextEncoder(nnx.Module):
     authors' ``gather`` on the packed sequence), L2-normalised.
 
     On a single CPU device a GRU of 512 units or more runs packed (``_packed_gru``): captions
-    sorted by length, each step computing only the (8-row blocks of) captions that still have a
-    token there, with a hand-written backward pass, so padding costs nothing, as PyTorch's
-    ``pack_padded_sequence``; the same function to float32 rounding, reverse-mode
+    sorted by length, each chunk of steps computing only the (8-row blocks of) captions that
+    still have a token there, with a hand-written backward pass, so padding costs almost
+    nothing, as PyTorch's ``pack_padded_sequence``; the same function to float32 rounding, reverse-mode
     differentiable (``jax.grad``; forward-mode ``jax.jvp`` is not defined). Elsewhere (sharded
     batches, accelerators) the batch shares one ``lax.scan`` of length L: padded steps come
     after every caption's last valid step, so they never reach the state that is read.
