@@ -21,7 +21,7 @@ finished runs and ``itm-eval`` works on each; they share one JAX compilation cac
 ``WORKDIR/results.{md,csv}`` (test split, best-validation checkpoints; mean and standard
 deviation over seeds) and the retrieval report ``WORKDIR/report.html``.
 
-    python -m itm_jax.demo --workdir=workdir/demo [--seeds=3] [--epochs=4] [--losses=sh,mh]
+    python -m itm_jax.demo --workdir=workdir/demo [--seeds=3] [--epochs=12] [--losses=sh,mh]
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]  # configs/ lives next to the
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "Directory of the runs and results.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per loss (the table gives mean and std).")
-_EPOCHS = flags.DEFINE_integer("epochs", 4, "Training epochs per run (hardest-negative losses: "
-                               "the first is warm-up; the last at a tenth of the rate).")
+_EPOCHS = flags.DEFINE_integer("epochs", None, "Training epochs per run; default: configs/"
+                               "default.py's num_epochs (hardest-negative losses: the first is "
+                               "warm-up; the last at a tenth of the rate).")
 _LOSSES = flags.DEFINE_list("losses", list(LOSSES), f"Subset of {', '.join(LOSSES)}.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny data and 12 steps per run (tests).")
 _LANES = flags.DEFINE_integer("lanes", 2, "Runs at a time, each on its share of the CPU cores "
@@ -207,14 +208,17 @@ def main(argv) -> None:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(workdir / "jax_cache"))
     start = time.perf_counter()
     losses = [loss for loss in LOSSES if loss in _LOSSES.value]
-    results = run_all(workdir, losses, _SEEDS.value, _EPOCHS.value, _LANES.value)
+    from configs import default
+
+    epochs = _EPOCHS.value or default.get_config().num_epochs
+    results = run_all(workdir, losses, _SEEDS.value, epochs, _LANES.value)
     md, csv_text = table(results)
     (workdir / "results.md").write_text(md)
     (workdir / "results.csv").write_text(csv_text)
     from itm_jax.report import write_report
 
     report = write_report(workdir).path
-    print(f"\nTest split of the synthetic data (best-validation checkpoints, {_EPOCHS.value} "
+    print(f"\nTest split of the synthetic data (best-validation checkpoints, {epochs} "
           f"epochs per run; {time.perf_counter() - start:.0f} s in all):\n\n{md}\nWritten: "
           f"{workdir / 'results.md'}, {workdir / 'results.csv'}, {report}")
 
