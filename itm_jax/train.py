@@ -257,14 +257,19 @@ def train_step(state: TrainState, batch, *, graphdef, tx, losses, use_id_positiv
         return total, (terms, nnx.state(model, nnx.Not(nnx.Param)))
 
     (loss, (terms, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss)
-    new = TrainState(step=state.step + 1, params=params, rest=rest, opt_state=opt_state)
-    # A non-finite loss must not reach the parameters: keep the last good state.
-    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+
+    def update(state):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          rest=rest, opt_state=opt_state)
+
+    # A non-finite loss must not reach the parameters: keep the last good state. A cond rather
+    # than a select between the old and new states, which is one more pass over the parameters
+    # and both Adam moments every step.
+    new = jax.lax.cond(finite, update, lambda state: state, state)
     metrics = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
-               "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
+               "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(new.params)}
     return new, metrics, finite
 
 

@@ -1,5 +1,6 @@
 """Training system: sharded parity, resume, overrides, non-finite losses, stages."""
 
+import functools
 import json
 import os
 import subprocess
@@ -88,6 +89,29 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     tx, _ = train.make_optimizer(good.config, stage, good.spe, good._split(stage, train=True)[1])
     restored = good.ckpt.restore(2, good.init_state(stage, tx), iter(good.loader()))
     assert all(np.isfinite(v).all() for v in flat_params(restored).values())
+
+
+def test_a_non_finite_step_returns_its_input_state(tmp_path):
+    # The guard inside the step: a NaN loss leaves parameters, Adam moments and the step count
+    # as they were; a finite loss changes every one of them.
+    trainer = train.Trainer(_config(), tmp_path)
+    stage = trainer.stages[0]
+    graphdef, params, _ = trainer._split(stage, train=True)
+    tx, _ = train.make_optimizer(trainer.config, stage, trainer.spe, params)
+    batch = trainer.global_batch(next(iter(trainer.loader())))
+    before = jax.device_get(trainer.init_state(stage, tx))
+    for margin, finite in ((float("nan"), False), (0.2, True)):
+        step = jax.jit(functools.partial(
+            train.train_step, graphdef=graphdef, tx=tx, use_id_positives=True,
+            losses=({"name": "max_of_hinges", "weight": 1.0, "margin": margin},)))
+        after, metrics, ok = jax.device_get(step(trainer.init_state(stage, tx), batch))
+        assert bool(ok) == finite == bool(np.isfinite(metrics["loss"]))
+        assert int(after.step) == int(before.step) + finite
+        for part in ("params", "opt_state"):
+            leaves = zip(jax.tree.leaves(getattr(after, part)),
+                         jax.tree.leaves(getattr(before, part)))
+            changed = [not np.array_equal(x, y) for x, y in leaves if np.size(x) > 1]
+            assert changed and all(changed) == finite and any(changed) == finite, part
 
 
 def test_stages_switch_weights_and_freeze(tmp_path):
