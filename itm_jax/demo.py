@@ -210,7 +210,7 @@ def main(argv) -> None:
     losses = [loss for loss in LOSSES if loss in _LOSSES.value]
     from configs import default
 
-    epochs = _EPOCHS.value or default.get_config().num_epochs
+    epochs = default.get_config().num_epochs if _EPOCHS.value is None else _EPOCHS.value
     results = run_all(workdir, losses, _SEEDS.value, epochs, _LANES.value)
     md, csv_text = table(results)
     (workdir / "results.md").write_text(md)
