@@ -32,6 +32,10 @@ PyTorch model) on the same batches:
   zero and frozen: then both models are the same function with the same parameters, and the
   losses of the first steps must agree to float32 rounding (checked below).
 
+Process: both sides run in this one process, with the glibc malloc settings that ``itm-train``
+applies (``itm_jax.host_memory.reuse_freed_memory``: freed memory is reused, not unmapped, so
+XLA's 177 MB of per-step temporaries and PyTorch's large tensors do not page-fault every step).
+
 Timing: both sides are warmed up first (our compile excluded); each repeat times ``--steps``
 steps of ours (``block_until_ready`` on the returned state and metrics) and then of PyTorch,
 interleaved so that load from other processes on a shared machine hits both alike. Reported:
@@ -72,6 +76,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from configs import aoq_round1_f30k  # noqa: E402
+from itm_jax import host_memory  # noqa: E402
 from itm_jax import train as T  # noqa: E402
 from itm_jax.models.dual_encoder import build_dual_encoder  # noqa: E402
 
@@ -255,6 +260,7 @@ def matmul_ceiling(repeats=5):
 
 # ----------------------------------------------------------------------------- main
 def main():
+    host_memory.reuse_freed_memory()  # as itm-train does, for both sides (see the docstring)
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3 repeats of 3 steps")

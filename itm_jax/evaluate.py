@@ -22,6 +22,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
+from itm_jax import host_memory
+
 FLAGS = flags.FLAGS
 
 
@@ -98,6 +100,7 @@ def _print_metrics(prefix: str, metrics: dict[str, float]) -> None:
 
 def main(argv) -> None:
     del argv
+    host_memory.reuse_freed_memory()  # before JAX starts its threads
     logging.set_verbosity(logging.WARNING)
     if FLAGS.report_model and not FLAGS.report:
         raise app.UsageError("--report_model only applies with --report.")

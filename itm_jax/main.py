@@ -18,6 +18,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from itm_jax import host_memory
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:preset]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, metrics).")
@@ -52,6 +54,7 @@ def initialize_distributed() -> None:
 
 def main(argv) -> None:
     del argv
+    host_memory.reuse_freed_memory()  # before JAX starts its threads
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     initialize_distributed()
     from itm_jax.train import train_and_evaluate  # after distributed init: it starts JAX

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
+from itm_jax import host_memory
+
 FLAGS = flags.FLAGS
 
 
@@ -153,6 +155,7 @@ def _already_mined(out: pathlib.Path, meta: dict, source, h_t: int, h_i: int,
 
 def main(cli, argv) -> None:
     del argv
+    host_memory.reuse_freed_memory()  # before JAX starts its threads
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     cli.initialize_distributed()
     mine_run(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint, h_t=FLAGS.h_t, h_i=FLAGS.h_i,
