@@ -5,7 +5,7 @@ execution ends: 177 MB for the VSE++ precomp + GRU train step at batch 128. glib
 serves a block that large with a fresh ``mmap`` and unmaps it on ``free`` (above 32 MB it always
 does, and a thread's own arena cannot hold more than 64 MB), so every step writes into ~43k new
 pages, each a page fault the kernel zero-fills: about 0.1 s of kernel time per step on a 2-core
-VM, 20% of the step's CPU time. One arena, no ``mmap`` and no trimming keep the freed block in
+VM, a tenth of the step's CPU time. One arena, no ``mmap`` and no trimming keep the freed block in
 the heap, where the next step finds it. The price is that the process never hands memory back
 to the system: its resident size stays at its peak, which for a training or evaluation job is
 what it needs anyway.
