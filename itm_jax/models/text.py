@@ -155,11 +155,11 @@ _GRU_TIME_CHUNK = 2  # steps per chunk forward: a row block that fits the steps 
 _GRU_GRAD_CHUNK = 4  # backward (a multiple of it): larger weight-gradient matmuls
 
 
-# Smaller GRUs keep the plain scan, whose compile is short: at 256 units (batch 128, 128-d words,
-# one core, as a demo lane) the packed text forward + backward took 0.066 s against the scan's
-# 0.110 s but compiled in 29 s instead of 2, so packing pays only past about 600 steps (the
-# demo's 1872-step runs would gain about a minute each; not measured on the full step); at 1024
-# units it is about 5x faster.
+# Smaller GRUs keep the plain scan, whose compile is short: at 256 units (configs/default.py's
+# whole train step, batch 128, 128-d words, one core as a demo lane) a packed step took 0.077 s
+# against the scan's 0.120 s but compiled in 25 s instead of 3, so packing pays past about 500
+# steps (a demo run of 1872 steps would gain about a minute; the demo's table was measured with
+# the scan, and packing changes float rounding); at 1024 units it is about 5x faster.
 _PACKED_GRU_MIN_HIDDEN = 512
 
 
