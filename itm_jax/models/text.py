@@ -146,9 +146,9 @@ def _at(x: jax.Array, index: jax.Array) -> jax.Array:
 # PyTorch's pack_padded_sequence, about half of scanning every caption to L on COCO / Flickr30K
 # caption lengths. Backward, the input and weight gradients of a chunk are one matmul each over
 # its steps, so no [L, B, 3H] array is ever stored (one matmul after the scan, over every chunk's
-# columns packed into one buffer, measured 6% slower on the train-step bench: the buffers are
-# updated in place only outside the switch, so each chunk writes them padded to B, and the
-# large-K product runs no faster than K = 4 x 128). Everything is feature-major: a state is
+# columns packed into one buffer, measured 6% slower on the benchmark's train step, in-process
+# A/B: the buffers are updated in place only outside the switch, so each chunk writes them
+# padded to B, which costs more than the larger K gains). Everything is feature-major: a state is
 # ``[H, B]``, a sequence ``[L, F, B]``, every product a plain ``W @ h`` with the batch as the
 # minor axis, which XLA:CPU runs faster than ``h @ W`` on a few rows, and a block of rows is a
 # column slice that needs no transpose.
