@@ -8,6 +8,16 @@ import pytest
 
 from itm_jax.data.precomp import PrecompSource
 from itm_jax.data.source import CaptionedSource, PairSource
+from itm_jax.errors import DataError
+
+
+def _data_error(path, match, *args, **kwargs):
+    """The one-line DataError of ``PrecompSource(*args, **kwargs)``, which must name ``path``."""
+    with pytest.raises(DataError, match=match) as e:
+        PrecompSource(*args, **kwargs)
+    message = str(e.value)
+    assert str(path) in message and "\n" not in message
+    return message
 
 
 def _make(tmp_path, *, n_images=4, c=5, per_caption=False, feat_shape=(6,), split="train"):
@@ -99,8 +109,7 @@ def test_ids_file_per_row(tmp_path):
     (tmp_path / "train_ids.txt").write_text("\n".join(["11"] * 5 + ["22"] * 5))
     np.testing.assert_array_equal(PrecompSource(tmp_path, "train").image_ids, [11, 22])
     (tmp_path / "train_ids.txt").write_text("\n".join(["11"] * 4 + ["22"] * 6))
-    with pytest.raises(ValueError, match="must share its id"):
-        PrecompSource(tmp_path, "train")
+    _data_error(tmp_path / "train_ids.txt", "must share its id", tmp_path, "train")
 
 
 @pytest.mark.parametrize(
@@ -109,8 +118,7 @@ def test_ids_file_per_row(tmp_path):
 def test_bad_ids_file(tmp_path, content, match):
     _make(tmp_path, n_images=3)
     (tmp_path / "train_ids.txt").write_text(content)
-    with pytest.raises(ValueError, match=match):
-        PrecompSource(tmp_path, "train")
+    _data_error(tmp_path / "train_ids.txt", match, tmp_path, "train")
 
 
 def test_synthetic_meta_ids(tmp_path):
@@ -135,8 +143,7 @@ def test_synthetic_meta_ids(tmp_path):
 def test_bad_synthetic_meta(tmp_path, meta, match):
     _make(tmp_path, n_images=3, split="dev")
     (tmp_path / "synthetic_meta.json").write_text(meta)
-    with pytest.raises(ValueError, match=match):
-        PrecompSource(tmp_path, "dev")
+    _data_error(tmp_path / "synthetic_meta.json", match, tmp_path, "dev")
 
 
 def test_pickle_reopens_the_map(tmp_path):
@@ -152,20 +159,35 @@ def test_pickle_reopens_the_map(tmp_path):
 def test_errors(tmp_path):
     with pytest.raises(ValueError, match="Unknown precomp split 'val'"):
         PrecompSource(tmp_path, "val")
-    with pytest.raises(FileNotFoundError, match="does not exist.*coco_precomp"):
-        PrecompSource(tmp_path / "nowhere", "train")
-    with pytest.raises(FileNotFoundError, match="train_ims.npy.*f30k_precomp"):
-        PrecompSource(tmp_path, "train")
+    _data_error(tmp_path / "nowhere", "does not exist.*coco_precomp", tmp_path / "nowhere", "train")
+    _data_error(tmp_path / "train_ims.npy", "train_ims.npy.*f30k_precomp", tmp_path, "train")
     _make(tmp_path, n_images=3)
     (tmp_path / "train_caps.txt").write_text("a\n" * 14)
-    with pytest.raises(ValueError, match="14 captions for 3 feature rows.*15 captions"):
-        PrecompSource(tmp_path, "train")
+    _data_error(tmp_path / "train_caps.txt", "14 captions for 3 feature rows.*15 captions",
+                tmp_path, "train")
     np.save(tmp_path / "train_ims.npy", np.zeros(3, np.float32))
-    with pytest.raises(ValueError, match=r"\[N, F\] or \[N, R, F\]"):
-        PrecompSource(tmp_path, "train")
+    _data_error(tmp_path / "train_ims.npy", r"\[N, F\] or \[N, R, F\]", tmp_path, "train")
     _make(tmp_path, n_images=3)
     src = PrecompSource(tmp_path, "train")
     with pytest.raises(IndexError, match="image index 3"):
         src.image(3)
     with pytest.raises(IndexError, match="caption index -1"):
         src.caption(-1)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+@pytest.mark.parametrize("keep", [60, -10, 0])  # inside the header, inside the data, empty
+def test_truncated_features_name_the_file_and_the_release(tmp_path, mmap, keep):
+    _make(tmp_path, n_images=3)
+    ims = tmp_path / "train_ims.npy"
+    ims.write_bytes(ims.read_bytes()[:keep])
+    message = _data_error(ims, "not a readable .npy array", tmp_path, "train", mmap=mmap)
+    assert "truncated" in message and "download it again" in message and "vsepp" in message
+
+
+@pytest.mark.parametrize("content, match", [(b"", "is empty"), (b"a\xff\n" * 15, "not UTF-8")])
+def test_empty_or_binary_captions_name_the_file(tmp_path, content, match):
+    _make(tmp_path, n_images=3)
+    (tmp_path / "train_caps.txt").write_bytes(content)
+    message = _data_error(tmp_path / "train_caps.txt", match, tmp_path, "train")
+    assert "download it again" in message

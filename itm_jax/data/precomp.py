@@ -35,14 +35,16 @@ from typing import Any
 
 import numpy as np
 
+from itm_jax.errors import DataError
+
 SPLITS = ("train", "dev", "test", "testall")
 
-_WHERE = (
-    "Download the precomputed features released by the VSE++ authors "
-    "(https://github.com/fartashf/vsepp: data/coco_precomp/, data/f30k_precomp/) or the SCAN "
-    "authors (https://github.com/kuanghuei/SCAN: region features, same layout) and pass that "
-    "folder as data_dir."
+_RELEASES = (
+    "the features released by the VSE++ authors (https://github.com/fartashf/vsepp: "
+    "data/coco_precomp/, data/f30k_precomp/) or the SCAN authors "
+    "(https://github.com/kuanghuei/SCAN: region features, same layout)"
 )
+_WHERE = f"Download {_RELEASES} and pass that folder as data_dir."
 
 
 class PrecompSource:
@@ -81,19 +83,24 @@ class PrecompSource:
         self.caps_per_image = caps_per_image
         self._check_files()
 
-        with open(self._caps_path, encoding="utf-8") as f:
-            # VSE++ strips each line; keep interior whitespace, drop the line ending.
-            self._captions = [line.strip() for line in f]
+        try:
+            with open(self._caps_path, encoding="utf-8") as f:
+                # VSE++ strips each line; keep interior whitespace, drop the line ending.
+                self._captions = [line.strip() for line in f]
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{self._caps_path} is not UTF-8 text ({e}): download it again from {_RELEASES}."
+            ) from None
         self._feats = self._open_features()
         n_rows, n_caps, c = self._feats.shape[0], len(self._captions), caps_per_image
         if n_caps == 0:
-            raise ValueError(f"{self._caps_path} has no captions.")
+            raise DataError(f"{self._caps_path} is empty: download it again from {_RELEASES}.")
         if n_rows == n_caps and n_caps % c == 0:
             self._row_stride = c  # features stored once per caption (VSE++ im_div = 1)
         elif n_rows * c == n_caps:
             self._row_stride = 1  # features stored once per image (VSE++ im_div = 5)
         else:
-            raise ValueError(
+            raise DataError(
                 f"{self._caps_path} has {n_caps} captions for {n_rows} feature rows in "
                 f"{self._ims_path}: expected {c} captions per image, i.e. {n_rows * c} captions "
                 f"(one row per image) or {n_rows} captions (one row per caption, a multiple of "
@@ -114,14 +121,14 @@ class PrecompSource:
 
     def _check_files(self) -> None:
         if not os.path.isdir(self.data_dir):
-            raise FileNotFoundError(
+            raise DataError(
                 f"Precomp folder {self.data_dir} does not exist. It must hold "
                 f"{self.split}_ims.npy and {self.split}_caps.txt. {_WHERE}"
             )
         missing = [p for p in (self._ims_path, self._caps_path) if not os.path.isfile(p)]
         if missing:
             present = sorted(os.listdir(self.data_dir))[:20]
-            raise FileNotFoundError(
+            raise DataError(
                 f"Missing {', '.join(missing)}; a precomp split needs {self.split}_ims.npy and "
                 f"{self.split}_caps.txt (found {present}). {_WHERE}"
             )
@@ -129,35 +136,43 @@ class PrecompSource:
     def _open_features(self) -> np.ndarray:
         try:
             feats = np.load(self._ims_path, mmap_mode="r" if self.mmap else None)
-        except ValueError as e:
-            raise ValueError(f"{self._ims_path} is not a readable .npy array ({e}).") from None
+        except (ValueError, EOFError) as e:  # NumPy's errors for a truncated or non-.npy file
+            raise DataError(
+                f"{self._ims_path} is not a readable .npy array ({e}), so it is truncated or "
+                f"not a NumPy file: download it again from {_RELEASES}."
+            ) from None
         if feats.ndim not in (2, 3) or not np.issubdtype(feats.dtype, np.floating):
-            raise ValueError(
-                f"{self._ims_path} must be a float array [N, F] or [N, R, F]; got "
-                f"{feats.dtype} {feats.shape}."
+            raise DataError(
+                f"{self._ims_path} must be a float array [N, F] or [N, R, F], got "
+                f"{feats.dtype} {feats.shape}: use the image features of {_RELEASES}."
             )
         return feats
 
     def _read_image_ids(self) -> np.ndarray:
         ids_path = os.path.join(self.data_dir, f"{self.split}_ids.txt")
         if os.path.isfile(ids_path):
-            with open(ids_path, encoding="utf-8") as f:
-                lines = [line.strip() for line in f if line.strip()]
-            try:
-                ids = np.array([int(x) for x in lines], dtype=np.int64)
+            try:  # ValueError covers non-integers and non-UTF-8 bytes (UnicodeDecodeError)
+                with open(ids_path, encoding="utf-8") as f:
+                    ids = np.array([int(x) for x in f if x.strip()], dtype=np.int64)
             except ValueError as e:
-                raise ValueError(f"{ids_path} must hold one integer per line ({e}).") from None
+                raise DataError(
+                    f"{ids_path} must hold one integer image id per line ({e}): fix or "
+                    "remove it (without it, ids are the image indices)."
+                ) from None
             return self._ids_per_image(ids, ids_path)
         meta_path = os.path.join(self.data_dir, "synthetic_meta.json")
         if os.path.isfile(meta_path):
             try:
                 with open(meta_path, encoding="utf-8") as f:
                     meta = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{meta_path} is not valid JSON ({e}).") from None
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise DataError(
+                    f"{meta_path} is not valid JSON ({e}): remove it, or regenerate the folder "
+                    "with itm_jax.data.synthetic_features.write_precomp."
+                ) from None
             all_ids = meta.get("image_ids", {}) if isinstance(meta, dict) else {}
             if not isinstance(all_ids, dict):
-                raise ValueError(
+                raise DataError(
                     f'{meta_path}: "image_ids" must map split names to lists of integer ids.'
                 )
             ids = all_ids.get(self.split)
@@ -165,7 +180,7 @@ class PrecompSource:
                 try:
                     ids = np.asarray(ids, dtype=np.int64)
                 except (TypeError, ValueError):
-                    raise ValueError(
+                    raise DataError(
                         f'{meta_path}: "image_ids"[{self.split!r}] must be a list of integers.'
                     ) from None
                 return self._ids_per_image(ids, meta_path)
@@ -180,13 +195,13 @@ class PrecompSource:
             per_image = ids.reshape(self._num_images, self._row_stride)
             if not (per_image == per_image[:, :1]).all():
                 k = int(np.flatnonzero((per_image != per_image[:, :1]).any(axis=1))[0])
-                raise ValueError(
+                raise DataError(
                     f"{where} gives image {k} (rows {k * self._row_stride}.."
                     f"{(k + 1) * self._row_stride - 1}) different ids {per_image[k].tolist()}; "
                     "the rows of one image must share its id."
                 )
             return per_image[:, 0].copy()
-        raise ValueError(
+        raise DataError(
             f"{where} holds {ids.size} image ids for split {self.split!r}, which has "
             f"{self._num_images} images ({n_rows} feature rows); give one id per image."
         )
