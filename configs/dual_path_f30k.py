@@ -32,8 +32,8 @@ ReLU after the second fc too, which ``DualPathHead``'s default ``variant="refere
 Loss weights (Eq. 9, rank:image:text): one loss entry per term, so that each stage sets all
 three through ``loss_weights``: ``instance_visual`` and ``instance_textual`` are
 ``instance_loss`` with ``text_weight=0`` / ``image_weight=0``. Stage I 0:1:1 (paper and code);
-stage II 0:1:0.1, the authors' Flickr30K weights as the spec lists them
-(``shared/spec/losses.md``; the paper says 1:1:1; the VGG-19 Flickr30K script in the repository
+stage II 0:1:0.1, the authors' Flickr30K weights (docs/losses.md, "Instance loss and
+dual-path ranking"; the paper says 1:1:1; the VGG-19 Flickr30K script in the repository
 and the COCO script use 2:1:0.1, which dual_path_coco.py follows: set
 ``--config.losses.0.weight=2`` for it here). Learning rates: the code's global rate (0.1 in stage II, then a tenth) with
 its per-parameter multipliers (``LR_MULTIPLIERS``: image CNN x0.001, its BatchNorm x0.02, first

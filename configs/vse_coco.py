@@ -1,7 +1,7 @@
 """VSE0 / VSE++ (Faghri et al., BMVC 2018) on COCO: ResNet-152 + GRU, sum or max of hinges.
 
-Targets the VSE++ paper's "RN, FT" rows. That paper is not in shared/papers; the in-repo numbers
-are its rows as later papers print them (COCO, i2t R@1/5/10 | t2i R@1/5/10 | R-sum):
+Targets the VSE++ paper's "RN, FT" rows, with the numbers as later papers reprint them
+(COCO, i2t R@1/5/10 | t2i R@1/5/10 | R-sum):
   loss=mh (VSE++): IMC Table 1 "VSE++ [1]" (= ConVSE Table III "VSE++ ResNet-152", 1K)
                    1K 64.6 90.0 95.7 | 52.0 84.3 92.0 | 478.6
                    5K 41.3 71.1 81.2 | 30.3 59.4 72.3 | 355.6

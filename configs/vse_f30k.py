@@ -1,7 +1,7 @@
 """VSE0 / VSE++ (Faghri et al., BMVC 2018) on Flickr30K: ResNet-152 + GRU, sum or max of hinges.
 
-Targets the VSE++ paper's "RN, FT" rows. That paper is not in shared/papers; the in-repo numbers
-are its rows as later papers print them (Flickr30K 1K test, i2t R@1/5/10 | t2i R@1/5/10 | R-sum):
+Targets the VSE++ paper's "RN, FT" rows, with the numbers as later papers reprint them
+(Flickr30K 1K test, i2t R@1/5/10 | t2i R@1/5/10 | R-sum):
   loss=mh (VSE++): ConVSE Table III "VSE++ ResNet-152" (= IMC Table 2 "VSE++ [1]")
                    52.9 80.5 87.2 | 39.6 70.1 79.5 | 409.8
   loss=sh (VSE0):  ConVSE Table III "VSE ResNet-152"

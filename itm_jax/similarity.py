@@ -1,7 +1,7 @@
 """Score matrices and intra-modal distances.
 
-Conventions follow ``shared/spec/losses.md``: images are rows, captions are columns, and
-``scores[i, j] = s(image_i, caption_j)``.
+Conventions as in ``docs/losses.md`` ("Conventions"): images are rows, captions are columns,
+and ``scores[i, j] = s(image_i, caption_j)``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Image-text matching losses as pure functions of batch similarity matrices.
 
 Every loss takes arrays and keyword hyper-parameters and returns a scalar (or ``(loss, aux)``
-with ``with_aux=True``); see ``shared/spec/losses.md`` for the contract. ``get(name)`` looks a
-loss up by name for configs (``config.losses[i].name``).
+with ``with_aux=True``); ``docs/losses.md`` gives each one's equation and options. ``get(name)``
+looks a loss up by name for configs (``config.losses[i].name``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Adaptive Offline Quintuplet loss (Chen et al., "Adaptive Offline Quintuplet Loss for
 Image-Text Matching", ECCV 2020; authors' code sunnychencool/AOQ).
 
-Our copy of the paper garbles Eq. 5; this follows the authors' code (``shared/spec``). The
-offline negatives come from the mining job; their scores are computed by the train step and
-passed in as ``[B]`` vectors, so the loss stays a pure function of scores.
+The available text of Eq. 5 is garbled; this follows the authors' code (``docs/losses.md``,
+"AOQ"). The offline negatives come from the mining job; their scores are computed by the train
+step and passed in as ``[B]`` vectors, so the loss stays a pure function of scores.
 """
 
 from __future__ import annotations
