@@ -8,6 +8,7 @@ from PIL import Image
 
 from itm_jax.data.cuhk_pedes import CuhkPedesSource
 from itm_jax.data.source import CaptionedSource, PairSource
+from itm_jax.errors import DataError
 
 # (split, person id, file_path, number of captions)
 RECORDS = [
@@ -93,21 +94,42 @@ def test_pair_source_is_consistent(tmp_path, split):
         assert item["image_index"] == src.cap_to_img[j] and item["caption_index"] == j
 
 
+def _data_error(path, match, fn, *args):
+    """The one-line DataError of ``fn(*args)``, which must name ``path``."""
+    with pytest.raises(DataError, match=match) as e:
+        fn(*args)
+    message = str(e.value)
+    assert str(path) in message and "\n" not in message
+    return message
+
+
 def test_missing_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="reid_raw.json.*on request"):
-        CuhkPedesSource(tmp_path, "train")
+    message = _data_error(tmp_path / "reid_raw.json", "annotation file", CuhkPedesSource,
+                          tmp_path, "train")
+    assert "on request" in message
     _make(tmp_path)
     (tmp_path / "imgs").rename(tmp_path / "images")
-    with pytest.raises(FileNotFoundError, match="image folder.*imgs"):
-        CuhkPedesSource(tmp_path, "train")
+    _data_error(tmp_path / "imgs", "image folder", CuhkPedesSource, tmp_path, "train")
     (tmp_path / "images").rename(tmp_path / "imgs")
-    (tmp_path / "imgs" / RECORDS[0][2]).unlink()
-    with pytest.raises(FileNotFoundError, match="0040001.png of record 0 is missing"):
-        CuhkPedesSource(tmp_path, "train")
+    # Every image of the split is checked, not only the first.
+    for r in (3, 5):
+        (tmp_path / "imgs" / RECORDS[r][2]).unlink()
+    message = _data_error(tmp_path / "imgs" / RECORDS[3][2], "2 of the 4 train images of .*"
+                          "reid_raw.json are missing", CuhkPedesSource, tmp_path, "train")
+    assert f"{tmp_path / 'imgs' / RECORDS[5][2]} (record 5)" in message and "on request" in message
     src = CuhkPedesSource(tmp_path, "test")
     (tmp_path / "imgs" / RECORDS[1][2]).unlink()
-    with pytest.raises(FileNotFoundError, match="p7_s1.jpg .record 1. is missing"):
-        src.image(0)
+    _data_error(tmp_path / "imgs" / RECORDS[1][2], r"p7_s1.jpg \(record 1\) is missing", src.image, 0)
+
+
+@pytest.mark.parametrize("keep", [-40, 100])  # the last scan bytes cut; most of the file cut
+def test_truncated_image_names_the_file(tmp_path, keep):
+    _make(tmp_path)
+    src = CuhkPedesSource(tmp_path, "test")
+    path = tmp_path / "imgs" / RECORDS[1][2]
+    path.write_bytes(path.read_bytes()[:keep])
+    message = _data_error(path, r"\(record 1\) does not decode", src.image, 0)
+    assert "truncated" in message and "intact copy" in message
 
 
 @pytest.mark.parametrize(
@@ -124,8 +146,7 @@ def test_malformed_records(tmp_path, mutate, match):
     records = _make(tmp_path)
     mutate(records)
     (tmp_path / "reid_raw.json").write_text(json.dumps(records))
-    with pytest.raises(ValueError, match=match):
-        CuhkPedesSource(tmp_path, "train")
+    _data_error(tmp_path / "reid_raw.json", match, CuhkPedesSource, tmp_path, "train")
 
 
 def test_bad_split_and_json(tmp_path):
@@ -135,11 +156,11 @@ def test_bad_split_and_json(tmp_path):
     records = [r for r in json.loads((tmp_path / "reid_raw.json").read_text())
                if r["split"] != "val"]
     (tmp_path / "reid_raw.json").write_text(json.dumps(records))
-    with pytest.raises(ValueError, match="no 'val' records"):
-        CuhkPedesSource(tmp_path, "val")
-    (tmp_path / "reid_raw.json").write_text('{"split": "train"}')
-    with pytest.raises(ValueError, match="JSON list"):
-        CuhkPedesSource(tmp_path, "train")
-    (tmp_path / "reid_raw.json").write_text("[{")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        CuhkPedesSource(tmp_path, "train")
+    json_path = tmp_path / "reid_raw.json"
+    _data_error(json_path, "no 'val' records", CuhkPedesSource, tmp_path, "val")
+    json_path.write_text('{"split": "train"}')
+    _data_error(json_path, "JSON list", CuhkPedesSource, tmp_path, "train")
+    json_path.write_text(json.dumps(records)[:-30])  # a download cut short
+    message = _data_error(json_path, "not valid JSON, probably truncated", CuhkPedesSource,
+                          tmp_path, "train")
+    assert "copy it again" in message and "on request" in message
