@@ -5,6 +5,7 @@ import pytest
 
 from itm_jax.data.vocab import Vocabulary
 from itm_jax.data.word_vectors import load_word_vectors
+from itm_jax.errors import DataError
 
 VOCAB = Vocabulary(["dog", "cat", "zebra", "paris"], threshold=1)
 VECS = {"dog": [1.0, 2.0, 3.0], "cat": [-0.5, 0.25, 4.0], "paris": [7.0, 8.0, 9.0]}
@@ -74,38 +75,47 @@ def test_multi_word_entries_are_skipped(tmp_path):
     _check(*load_word_vectors(_write(tmp_path / "g.txt", lines), VOCAB))
 
 
+def _data_error(path, match, **kwargs):
+    """The one-line DataError of ``load_word_vectors(path, VOCAB)``, which must name ``path``."""
+    with pytest.raises(DataError, match=match) as e:
+        load_word_vectors(path, VOCAB, **kwargs)
+    message = str(e.value)
+    assert str(path) in message and "\n" not in message
+    return message
+
+
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nlp.stanford.edu/projects/glove"):
-        load_word_vectors(tmp_path / "glove.txt", VOCAB)
+    _data_error(tmp_path / "glove.txt", "No word-vector file.*nlp.stanford.edu/projects/glove")
 
 
 def test_dim_mismatch_with_request(tmp_path):
     path = _write(tmp_path / "g.txt", _lines(VECS))
-    with pytest.raises(ValueError, match="3-dimensional vectors but dim=300"):
-        load_word_vectors(path, VOCAB, dim=300)
+    _data_error(path, "3-dimensional vectors but dim=300.*request 3", dim=300)
 
 
 @pytest.mark.parametrize("bad_line", ["cat 1 2", "cat 1 2 3 4"])
 def test_inconsistent_dimensions(tmp_path, bad_line):
     path = _write(tmp_path / "g.txt", ["dog 1 2 3", "zebra 0 0 0", bad_line])
-    with pytest.raises(ValueError, match="line 3: .* expected 3"):
-        load_word_vectors(path, VOCAB)
+    _data_error(path, "line 3: .* expected 3.*truncated")
+
+
+def test_truncated_last_line(tmp_path):
+    path = tmp_path / "g.txt"
+    path.write_text("\n".join(_lines(VECS))[:-3], encoding="utf-8")  # a download cut short
+    _data_error(path, "line 3: 2 values after the word, expected 3.*download it again")
 
 
 def test_word2vec_header_count_mismatch(tmp_path):
     path = _write(tmp_path / "w.txt", ["10 3", *_lines(VECS)])
-    with pytest.raises(ValueError, match="announces 10 vectors but the file has 3"):
-        load_word_vectors(path, VOCAB)
+    _data_error(path, "announces 10 vectors but the file has 3.*truncated")
 
 
 def test_binary_file_is_rejected(tmp_path):
     path = tmp_path / "w.bin"
     path.write_bytes(b"2 3\ndog " + np.float32([1, 2, 3]).tobytes() + b"\xff\xfe\n")
-    with pytest.raises(ValueError, match="binary word2vec"):
-        load_word_vectors(path, VOCAB)
+    _data_error(path, "binary word2vec")
 
 
 def test_non_numeric_vector(tmp_path):
     path = _write(tmp_path / "g.txt", ["dog 1 2 3", "cat 1 x 3"])
-    with pytest.raises(ValueError, match="'cat' has non-numeric"):
-        load_word_vectors(path, VOCAB)
+    _data_error(path, "'cat' has non-numeric")

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from itm_jax.data.vocab import Vocabulary
+from itm_jax.errors import DataError
 
 _WHERE = (
     "GloVe text files come from https://nlp.stanford.edu/projects/glove/ (e.g. "
@@ -71,7 +72,7 @@ def load_word_vectors(
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No word-vector file at {path}. {_WHERE}")
+        raise DataError(f"No word-vector file at {path}. {_WHERE}")
 
     # The first file line giving each word a vector: exact match, then lower-cased match.
     wanted = {w: i for i, w in enumerate(vocab.words) if w not in Vocabulary.SPECIALS}
@@ -90,11 +91,11 @@ def load_word_vectors(
                 lines = itertools.chain([first], f)
                 first_lineno = 1
             if file_dim < 1:
-                raise ValueError(f"{path}: first line has no vector values. {_WHERE}")
+                raise DataError(f"{path}: first line has no vector values. {_WHERE}")
             if dim is not None and dim != file_dim:
-                raise ValueError(
-                    f"{path} holds {file_dim}-dimensional vectors but dim={dim} was requested; "
-                    f"pass dim={file_dim} or None, or use a {dim}-d file."
+                raise DataError(
+                    f"{path} holds {file_dim}-dimensional vectors but dim={dim} was requested "
+                    f"(config.model.word_dim): request {file_dim}, or use a {dim}-d file."
                 )
             n_vectors = 0
             for lineno, line in enumerate(
@@ -110,11 +111,11 @@ def load_word_vectors(
                     parts = line.split(" ")
                     extra = parts[1 : len(parts) - file_dim]
                     if n_values < file_dim or all(_is_number(p) for p in extra):
-                        raise ValueError(
+                        raise DataError(
                             f"{path}, line {lineno}: {len(parts) - 1} values after the word, "
                             f"expected {file_dim} like the "
-                            f"{'header' if header else 'first line'}. The file is truncated "
-                            "or mixes dimensions."
+                            f"{'header' if header else 'first line'}, so the file is "
+                            "truncated or mixes dimensions: download it again."
                         )
                     continue  # a multi-word entry, which no tokenised word can equal
                 word, values = line.split(" ", 1)
@@ -126,13 +127,13 @@ def load_word_vectors(
                 if i is not None:
                     folded.setdefault(i, values)
     except UnicodeDecodeError:
-        raise ValueError(
+        raise DataError(
             f"{path} is not UTF-8 text; binary word2vec files are not read. {_WHERE}"
         ) from None
     if count is not None and n_vectors != count:
-        raise ValueError(
+        raise DataError(
             f"{path}: the word2vec header announces {count} vectors but the file has "
-            f"{n_vectors}; the file is truncated or the header is wrong."
+            f"{n_vectors}, so the file is truncated or the header is wrong: download it again."
         )
 
     rng = np.random.default_rng(seed)
@@ -142,7 +143,8 @@ def load_word_vectors(
         try:
             matrix[i] = np.array(values.split(" "), dtype=np.float32)
         except ValueError:
-            raise ValueError(
-                f"{path}: the vector of {vocab.word(i)!r} has non-numeric values."
+            raise DataError(
+                f"{path}: the vector of {vocab.word(i)!r} has non-numeric values, so the file "
+                "is damaged: download it again."
             ) from None
     return matrix, len(folded.keys() | exact.keys())
