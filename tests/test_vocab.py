@@ -7,6 +7,7 @@ import pytest
 
 from itm_jax.data.source import CaptionedSource
 from itm_jax.data.vocab import Vocabulary, build_vocab_for, tokenize
+from itm_jax.errors import DataError
 
 
 @pytest.mark.parametrize(
@@ -104,13 +105,16 @@ def test_save_load_round_trip(tmp_path):
 def test_load_malformed(tmp_path, content, match):
     path = tmp_path / "vocab.json"
     path.write_text(content)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(DataError, match=match) as e:
         Vocabulary.load(path)
+    assert str(path) in str(e.value) and "build_vocab_for" in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_load_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="build_vocab_for"):
+    with pytest.raises(DataError, match="No vocabulary file.*build_vocab_for") as e:
         Vocabulary.load(tmp_path / "nope.json")
+    assert str(tmp_path / "nope.json") in str(e.value) and "\n" not in str(e.value)
 
 
 def test_encode_padding_unknown_and_length():

@@ -30,6 +30,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from itm_jax.errors import DataError
+
 # Order matters: numbers before words so "3.5" is one token, "..." and "--" before single chars.
 _TOKEN_RE = re.compile(
     r"\d+(?:[.,]\d+)+"  # 3.5, 1,000, 10.000,5
@@ -131,18 +133,21 @@ class Vocabulary:
             with open(path, encoding="utf-8") as f:
                 payload = json.load(f)
         except FileNotFoundError:
-            raise FileNotFoundError(
+            raise DataError(
                 f"No vocabulary file at {path}. Build one from the training split with "
                 "itm_jax.data.vocab.build_vocab_for(train_source) and Vocabulary.save(path)."
             ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not a vocabulary JSON file ({e}).") from None
+            raise DataError(
+                f"{path} is not a vocabulary JSON file ({e}): rebuild it with "
+                "build_vocab_for(train_source).save(path)."
+            ) from None
         return cls._from_payload(payload, path)
 
     @classmethod
     def _from_payload(cls, payload: Any, path) -> Vocabulary:
         def bad(why):
-            return ValueError(
+            return DataError(
                 f"{path} is not a valid itm_jax vocabulary: {why}. Rebuild it with "
                 "build_vocab_for(train_source).save(path)."
             )
@@ -160,7 +165,10 @@ class Vocabulary:
             raise bad('"words" must be a list of strings')
         if tuple(words[: len(cls.SPECIALS)]) != cls.SPECIALS:
             raise bad(f'"words" must start with {list(cls.SPECIALS)}, got {words[:4]}')
-        return cls(words[len(cls.SPECIALS) :], threshold=threshold)
+        try:
+            return cls(words[len(cls.SPECIALS) :], threshold=threshold)
+        except ValueError as e:  # the constructor's checks: repeated or misplaced specials
+            raise bad(str(e).rstrip(".")) from None
 
     def __len__(self) -> int:
         return len(self._words)
