@@ -1,14 +1,14 @@
 """Plain-NumPy float64 loop references for `itm_jax.losses` and `itm_jax.similarity`.
 
-Every function here is written directly from the contract `/work/shared/spec/losses.md` (line
-numbers cited as `spec L<n>`) with explicit Python loops over anchors / pairs, so that it shares
+Every function here is written directly from the contract `docs/losses.md` (its sections cited
+as `docs: <section>`) with explicit Python loops over anchors / pairs, so that it shares
 no code and no vectorisation trick with the JAX implementation under test. Inputs are converted
 to float64 NumPy arrays; outputs are Python floats (or float64 arrays for the helpers).
 
-Conventions (spec L10-L17): `scores[i, j] = s(image_i, caption_j)`, images are rows;
+Conventions (docs: Conventions): `scores[i, j] = s(image_i, caption_j)`, images are rows;
 `positives=None` means the diagonal; negatives of an anchor are the non-positive entries of its
 row (column). For max/min-based losses the anchor's positive score is the diagonal entry S_kk of
-its batch pair k; other positives are only excluded from the negatives (spec L37-L38).
+its batch pair k; other positives are only excluded from the negatives (docs: Conventions).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _f64(x):
 
 
 def _positives(positives, shape):
-    """`None` -> diagonal of a square matrix; otherwise a bool array of `shape` (spec L12-L13)."""
+    """`None` -> diagonal of a square matrix; else a bool array of `shape` (docs: Conventions)."""
     if positives is None:
         assert shape[0] == shape[1], "diagonal positives need square scores"
         return np.eye(shape[0], dtype=bool)
@@ -47,7 +47,7 @@ def logsumexp(values) -> float:
 
 
 def l2n(v, eps=1e-12):
-    """`n(v) = v * rsqrt(max(||v||^2, eps))` for one vector (spec L63)."""
+    """`n(v) = v * rsqrt(max(||v||^2, eps))` for one vector (docs: CMPM)."""
     v = _f64(v)
     sq = 0.0
     for a in v:
@@ -60,7 +60,7 @@ def relu(x: float) -> float:
 
 
 def positives_from_ids(image_ids_rows, image_ids_cols):
-    """bool [Bi, Bt], True where the image ids are equal (spec L13-L16); exact int equality."""
+    """bool [Bi, Bt], True where the image ids are equal (docs: Conventions); exact int equality."""
     rows = [int(v) for v in np.asarray(image_ids_rows).ravel()]
     cols = [int(v) for v in np.asarray(image_ids_cols).ravel()]
     out = np.zeros((len(rows), len(cols)), dtype=bool)
@@ -71,12 +71,12 @@ def positives_from_ids(image_ids_rows, image_ids_cols):
 
 
 # --------------------------------------------------------------------------------------------
-# VSE family (spec L30-L38)
+# VSE family (docs: VSE)
 # --------------------------------------------------------------------------------------------
 
 
 def vse_hinges(scores, margin=0.2, positives=None):
-    """Return (a, b) [B, B] with positives masked to 0 (spec L31-L32).
+    """Return (a, b) [B, B] with positives masked to 0 (docs: VSE).
 
     a[i, j] = [m + S_ij - S_ii]_+  (image i anchor, caption j negative)
     b[i, j] = [m + S_ij - S_jj]_+  (caption j anchor, image i negative)
@@ -96,7 +96,7 @@ def vse_hinges(scores, margin=0.2, positives=None):
 
 
 def sum_of_hinges(scores, margin=0.2, positives=None, reduction="sum"):
-    """SH / VSE0, spec L33-L34: `sum_ij a_ij + sum_ij b_ij`.
+    """SH / VSE0, docs: VSE, `sum_ij a_ij + sum_ij b_ij`.
 
     reduction="mean": each direction divided by its number of anchors (sum a / Bi + sum b / Bt).
     """
@@ -117,7 +117,7 @@ def sum_of_hinges(scores, margin=0.2, positives=None, reduction="sum"):
 def max_of_hinges_terms(scores, margin=0.2, positives=None):
     """Per-anchor hardest hinges (row_terms[i] = max_j a_ij, col_terms[j] = max_i b_ij).
 
-    An anchor without negatives contributes 0 (positives are masked to 0, spec L32).
+    An anchor without negatives contributes 0 (positives are masked to 0, docs: VSE).
     """
     a, b = vse_hinges(scores, margin, positives)
     n = a.shape[0]
@@ -131,7 +131,7 @@ def max_of_hinges_terms(scores, margin=0.2, positives=None):
 
 
 def max_of_hinges(scores, margin=0.2, positives=None, reduction="sum"):
-    """MH / VSE++, spec L35-L38: `sum_i max_j a_ij + sum_j max_i b_ij`.
+    """MH / VSE++, docs: VSE, `sum_i max_j a_ij + sum_j max_i b_ij`.
 
     reduction="mean": mean_i max_j a_ij + mean_j max_i b_ij.
     """
@@ -161,7 +161,7 @@ def hardest_negatives(scores, positives=None):
 
 
 # --------------------------------------------------------------------------------------------
-# Dual-path ranking loss (spec L89-L93)
+# Dual-path ranking loss (docs: Instance loss and dual-path ranking)
 # --------------------------------------------------------------------------------------------
 
 
@@ -186,12 +186,12 @@ def dual_path_ranking(scores, margin=1.0, positives=None, reduction="mean"):
 
 
 # --------------------------------------------------------------------------------------------
-# IMC (spec L40-L58)
+# IMC (docs: IMC)
 # --------------------------------------------------------------------------------------------
 
 
 def pairwise_distances(x, delta):
-    """[B, B] plain distances between rows (spec L47, L54-L55; rows as given, no normalising).
+    """[B, B] plain distances between rows (docs: IMC; rows as given, no normalising).
 
     l1: sum |x_n - x_m|; l2: Euclidean; msd: sum of squared differences; cosine: 1 - x_n . x_m.
     """
@@ -223,7 +223,7 @@ def pairwise_distances(x, delta):
 
 
 def imc_reference_thresholds(x, delta, mu_down=0.05, mu_up=0.5, rounding=round):
-    """(R, lo, hi) of the reference variant for delta in {l1, l2, msd} (spec L47-L50).
+    """(R, lo, hi) of the reference variant for delta in {l1, l2, msd} (docs: IMC).
 
     `rounding` defaults to Python's round-half-to-even; tests pass a half-up rounding only to
     show that a case discriminates between the two.
@@ -247,12 +247,12 @@ def imc_reference_thresholds(x, delta, mu_down=0.05, mu_up=0.5, rounding=round):
 def imc_term(x, delta="l1", mu_down=0.05, mu_up=0.5, variant="reference", rounding=round):
     """IMC(X) without lam.
 
-    variant="reference" (spec L44-L53):
+    variant="reference" (docs: IMC):
       cosine: C = X X^T - I, keep mu_up < C < 1 - mu_down, IMC = sum(M * C) / B (the
       similarity, diagonal included as written: it is |x_n|^2 - 1, i.e. ~0 for unit rows);
       l1/l2/msd: R = D / max(||D_n.||, 1e-12), lo/hi from sorted R[0] at round(mu*B)
       (half-to-even), M = lo < R < hi strictly, IMC = sum(M * R) / B.
-    variant="paper" (spec L54-L55 + brief): sum over ordered pairs n != m of
+    variant="paper" (docs: IMC): sum over ordered pairs n != m of
       delta(v_n, v_m) * 1[mu_down < delta < mu_up], cosine distance = 1 - v_n . v_m.
     """
     x = _f64(x)
@@ -311,7 +311,7 @@ def imc_mask_count(x, delta="l1", mu_down=0.05, mu_up=0.5, variant="reference"):
 
 def imc(scores, img_emb, txt_emb, margin=0.2, lam=1.0, delta="l1", mu_down=0.05, mu_up=0.5,
         variant="reference", positives=None):
-    """Spec L41-L42 (+ brief): `max_of_hinges(scores, margin, positives) + lam*IMC(txt) +
+    """Docs: IMC. `max_of_hinges(scores, margin, positives) + lam*IMC(txt) +
     lam*IMC(img)`; lam applied once in both variants."""
     mh = max_of_hinges(scores, margin, positives, "sum")
     return (mh + lam * imc_term(txt_emb, delta, mu_down, mu_up, variant)
@@ -319,7 +319,7 @@ def imc(scores, img_emb, txt_emb, margin=0.2, lam=1.0, delta="l1", mu_down=0.05,
 
 
 # --------------------------------------------------------------------------------------------
-# CMPM / CMPC (spec L60-L77)
+# CMPM / CMPC (docs: CMPM)
 # --------------------------------------------------------------------------------------------
 
 
@@ -387,7 +387,7 @@ def cmpc(x, z, labels, weight):
 
 
 # --------------------------------------------------------------------------------------------
-# Instance loss (spec L85-L88)
+# Instance loss (docs: Instance loss and dual-path ranking)
 # --------------------------------------------------------------------------------------------
 
 
@@ -410,9 +410,10 @@ def instance_loss(img_logits, txt_logits, labels, reduction="mean"):
 
 def weighted_instance_loss(img_logits, txt_logits, labels, image_weight=1.0, text_weight=1.0,
                            reduction="mean"):
-    """Dual-path paper Eq. 9's instance terms `l2 * L_visual + l3 * L_textual` (spec L90-L92,
-    the stage weights rank:image:text), each term the softmax cross-entropy of Eq. 5-8 summed
-    (or averaged) over the batch. Returns `(loss, visual, textual)`, the terms unweighted."""
+    """Dual-path paper Eq. 9's instance terms `l2 * L_visual + l3 * L_textual` (docs:
+    Instance loss and dual-path ranking, the stage weights rank:image:text), each term the
+    softmax cross-entropy of Eq. 5-8 summed (or averaged) over the batch. Returns
+    `(loss, visual, textual)`, the terms unweighted."""
     labs = [int(v) for v in np.asarray(labels).ravel()]
     terms = []
     for logits in (_f64(img_logits), _f64(txt_logits)):
@@ -425,12 +426,12 @@ def weighted_instance_loss(img_logits, txt_logits, labels, image_weight=1.0, tex
 
 
 # --------------------------------------------------------------------------------------------
-# ConVSE family (spec L98-L109)
+# ConVSE family (docs: ConVSE)
 # --------------------------------------------------------------------------------------------
 
 
 def contrastive_sum_negatives(scores, tau=0.1, positives=None):
-    """Spec L99-L102 (+ brief multi-positive form): for each row with >= 1 positive,
+    """Docs: ConVSE, multi-positive form: for each row with >= 1 positive,
     mean over its positives of -log softmax_j(S_ij / tau) (denominator = the whole row);
     averaged over those rows; the same over columns; the two summed."""
     s = _f64(scores) / tau
@@ -487,7 +488,7 @@ def multimodal_nce(img_emb, txt_emb, tau=0.1):
 
 
 # --------------------------------------------------------------------------------------------
-# AOQ (spec L113-L136)
+# AOQ (docs: AOQ)
 # --------------------------------------------------------------------------------------------
 
 
@@ -545,7 +546,7 @@ def aoq_loss(scores, s_i_toff=None, s_ioff_t=None, s_ioff_toff=None, s_itilde_tt
 
 
 # --------------------------------------------------------------------------------------------
-# similarity helpers (itm_jax.similarity, brief)
+# similarity helpers (itm_jax.similarity; docs: IMC, CMPM)
 # --------------------------------------------------------------------------------------------
 
 

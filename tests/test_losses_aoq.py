@@ -1,6 +1,6 @@
 """AOQ (adaptive offline quintuplet) loss.
 
-Spec: /work/shared/spec/losses.md L113-L131. Reference: tests/numpy_refs.py (`aoq_loss`).
+Contract: docs/losses.md, "AOQ". Reference: tests/numpy_refs.py (`aoq_loss`).
 """
 
 import jax

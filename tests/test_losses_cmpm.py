@@ -1,6 +1,6 @@
 """CMPM and CMPC losses.
 
-Spec: /work/shared/spec/losses.md L60-L79. References: tests/numpy_refs.py (`cmpm`, `cmpc`).
+Contract: docs/losses.md, "CMPM and CMPC". References: tests/numpy_refs.py (`cmpm`, `cmpc`).
 """
 
 import math
@@ -31,7 +31,7 @@ def _labels(rng, b, kind):
 
 
 def _features(rng, b, d=6, scale=2.0):
-    """Unnormalised features (spec L61-L63: the loss normalises internally)."""
+    """Unnormalised features (docs/losses.md: the loss normalises internally)."""
     return scale * rng.normal(size=(b, d)), scale * rng.normal(size=(b, d))
 
 
@@ -108,7 +108,7 @@ EPS = 1e-8
 
 
 def _kl_row(p_pos, q_pos, q_neg):
-    """Two-entry row p = [p_pos, 1 - p_pos] with q = [q_pos, q_neg] (spec L66 form)."""
+    """Two-entry row p = [p_pos, 1 - p_pos] with q = [q_pos, q_neg] (the code's form)."""
     p_neg = 1.0 - p_pos
     return (p_pos * math.log(EPS + p_pos / (q_pos + EPS))
             + p_neg * math.log(EPS + p_neg / (q_neg + EPS)))

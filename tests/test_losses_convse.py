@@ -1,7 +1,7 @@
 """ConVSE family: contrastive_sum_negatives (CSN), contrastive_max_negative (CMN),
 multimodal_nce (NCE).
 
-Spec: /work/shared/spec/losses.md L98-L111 (+ brief: multi-positive CSN form, non-square CSN with
+Contract: docs/losses.md, "ConVSE" (with the multi-positive CSN form, non-square CSN with
 explicit positives). References: tests/numpy_refs.py.
 """
 

@@ -1,7 +1,7 @@
 """IMC (intra-modal constraint) loss.
 
-Spec: /work/shared/spec/losses.md L40-L58 (plus the brief: positives are passed to the MH term,
-lam is applied once in both variants, the paper variant's cosine distance is 1 - v_n . v_m).
+Contract: docs/losses.md, "IMC" (positives are passed to the MH term, lam is applied once in
+both variants, the paper variant's cosine distance is 1 - v_n . v_m).
 References: tests/numpy_refs.py (`imc`, `imc_term`, loops in float64).
 
 Compilation dominates the CPU run time, so the configurations of one test are evaluated inside
@@ -35,8 +35,8 @@ def half_up(v):
 
 def _embeddings(rng, b, d=8):
     """{"cosine": (img, txt), "other": (img, txt)}: unit rows (the loss is fed L2-normalised
-    rows, spec L43); for cosine they are clustered so that cosines fall on both sides of 0.5
-    and 0.95."""
+    rows, see docs/losses.md); for cosine they are clustered so that cosines fall on both sides
+    of 0.5 and 0.95."""
     return {"cosine": (ref.clustered_unit_rows(rng, b, d), ref.clustered_unit_rows(rng, b, d)),
             "other": (ref.unit_rows(rng, b, d), ref.unit_rows(rng, b, d))}
 

@@ -1,6 +1,6 @@
 """Dual-path paper: instance_loss and dual_path_ranking.
 
-Spec: /work/shared/spec/losses.md L84-L96 (+ brief for the reductions).
+Contract: docs/losses.md, "Instance loss and dual-path ranking" (with the reductions).
 References: tests/numpy_refs.py (`instance_loss`, `dual_path_ranking`).
 """
 

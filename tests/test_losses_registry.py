@@ -1,5 +1,5 @@
 """Registry (`itm_jax.losses.get`, `itm_jax.losses.names`) and the `with_aux=True` contract
-shared by every loss (spec L18-L20)."""
+shared by every loss (docs/losses.md, "Conventions")."""
 
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,7 @@
 """VSE family: sum_of_hinges (SH), max_of_hinges (MH) and positives_from_ids.
 
-Spec: /work/shared/spec/losses.md L9-L38. References: tests/numpy_refs.py (loops, float64).
+Contract: docs/losses.md, "Conventions" and "VSE". References: tests/numpy_refs.py (loops,
+float64).
 
 Compilation dominates the run time on CPU, so several configurations are evaluated inside one
 jitted function where that loses nothing (each configuration is still compared on its own).
@@ -137,7 +138,7 @@ def test_check_grads(name):
 
 def test_sum_of_hinges_exact_gradient():
     """dSH/dS_ij = 1[a_ij > 0] + 1[b_ij > 0] on negatives; dSH/dS_kk = -(active hinges that
-    use S_kk as their anchor score). Derived from the spec formula, not from autodiff."""
+    use S_kk as their anchor score). Derived from the documented formula, not from autodiff."""
     rng = np.random.default_rng(12)
     b = 7
     s = ref.rand_scores(rng, b)
