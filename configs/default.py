@@ -73,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.normalize = True
     c.model.convse_head = False
     c.model.classifier = "none"
+    c.model.gru_impl = "auto"  # GRU encoder: auto (packed at 512+ units on 1 CPU) | scan | packed
     # Architecture options of the paper recipes (itm_jax.models.dual_encoder.build_dual_encoder);
     # these defaults add nothing to the plain encoders above.
     c.model.text_hidden = 0  # recurrent units (per Bi-LSTM direction); 0 = from embed_dim

@@ -23,7 +23,8 @@ LENGTHS = (7, 3, 1, 5)
 SEQ = 7
 
 ENCODERS = {
-    "gru": lambda rngs: GRUTextEncoder(V, WORD, HID, rngs=rngs),
+    "gru_scan": lambda rngs: GRUTextEncoder(V, WORD, HID, gru_impl="scan", rngs=rngs),
+    "gru_packed": lambda rngs: GRUTextEncoder(V, WORD, HID, gru_impl="packed", rngs=rngs),
     "bilstm_last": lambda rngs: BiLSTMTextEncoder(V, WORD, HID, rngs=rngs),
     "bilstm_max": lambda rngs: BiLSTMTextEncoder(V, WORD, HID, pooling="max", rngs=rngs),
     "textcnn": lambda rngs: TextCNN(
@@ -159,7 +160,7 @@ def test_gradients_reach_every_parameter_and_skip_padding_ids(name):
         (np.zeros((2, 4), np.int32), [1, 5], "1 <= lengths"),
     ],
 )
-@pytest.mark.parametrize("name", ["gru", "bilstm_max", "textcnn"])
+@pytest.mark.parametrize("name", ["gru_scan", "gru_packed", "bilstm_max", "textcnn"])
 def test_bad_inputs_raise(name, tokens, lengths, match):
     model = ENCODERS[name](nnx.Rngs(0))
     with pytest.raises(ValueError, match=match):
@@ -169,9 +170,11 @@ def test_bad_inputs_raise(name, tokens, lengths, match):
 # ---------------------------------------------------------------- GRU
 
 
+@pytest.mark.parametrize("gru_impl", ["scan", "packed"])
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_gru_reads_the_state_at_the_last_valid_token(num_layers):
-    model = GRUTextEncoder(V, WORD, HID, num_layers=num_layers, normalize=False, rngs=nnx.Rngs(1))
+def test_gru_reads_the_state_at_the_last_valid_token(num_layers, gru_impl):
+    model = GRUTextEncoder(V, WORD, HID, num_layers=num_layers, normalize=False,
+                           gru_impl=gru_impl, rngs=nnx.Rngs(1))
     tokens, lengths = make_batch()
     out = encode(model, *with_garbage(tokens, lengths))
     table = model.embed.embedding[...]

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from itm_jax.errors import ConfigError
 from itm_jax.models.heads import (
     ConVSEHead,
     DualPathHead,
@@ -106,7 +107,9 @@ def build_dual_encoder(
     ``embed_dim``, ``word_dim``, ``max_len`` (the text CNN's window), ``normalize`` (L2-normalise
     the branch outputs), ``freeze_backbone``, ``small_cnn_dim``, ``mobilenet_alpha``,
     ``convse_head`` (bool; ConVSE's MLP on both branches), ``classifier`` (one of
-    ``CLASSIFIERS``), and the ``OPTIONS``, whose defaults build the plain encoders:
+    ``CLASSIFIERS``), ``gru_impl`` (how the GRU encoder runs: ``"auto"``, ``"scan"`` or
+    ``"packed"``, see ``GRUTextEncoder``; the same function either way), and the ``OPTIONS``,
+    whose defaults build the plain encoders:
 
     - ``text_hidden``: recurrent units (per direction for the Bi-LSTM); 0 derives them from
       ``embed_dim`` (``embed_dim``, or ``embed_dim // 2`` for ``bilstm_max``, whose two
@@ -139,6 +142,10 @@ def build_dual_encoder(
         if value not in valid:
             raise ValueError(f"Unknown model.{field}={value!r}; valid: {', '.join(valid)}.")
     _check_options(image, text, opt, convse_head=cfg.get("convse_head", False))
+    gru_impl = cfg.get("gru_impl", "auto")
+    if text != "gru" and gru_impl != "auto":
+        raise ConfigError(f"model.gru_impl={gru_impl!r} selects how the GRU encoder runs; "
+                          f"model.text={text!r} has no GRU: leave model.gru_impl='auto'.")
     # TF-slim arg scope (BatchNorm decay, epsilon) of the CMPM authors' image network, which
     # both 1x1-conv heads are built under.
     slim_bn = {"momentum": 0.9997, "epsilon": 1e-3} if image == "mobilenet" else {}
@@ -167,7 +174,8 @@ def build_dual_encoder(
         )
     if text == "gru":
         text_encoder = GRUTextEncoder(vocab_size, word, opt["text_hidden"] or embed,
-                                      normalize=False, pretrained=word_vectors, rngs=rngs)
+                                      normalize=False, pretrained=word_vectors,
+                                      gru_impl=gru_impl, rngs=rngs)
     elif text.startswith("bilstm"):
         pooling = "last_mean" if text == "bilstm_mean" else "max"
         hidden = opt["text_hidden"] or (embed if pooling == "last_mean" else embed // 2)

@@ -17,7 +17,6 @@ an out-of-range length there silently reads the wrong step.
 
 from __future__ import annotations
 
-import functools
 import numbers
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -27,9 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from itm_jax.errors import ConfigError
+from itm_jax.ops.packed_gru import MIN_HIDDEN, packed_gru, packed_gru_pays
 from itm_jax.similarity import l2_normalize
 
 POOLINGS = ("last_mean", "max")
+GRU_IMPLS = ("auto", "scan", "packed")
 
 
 def _check_inputs(tokens, lengths, name: str) -> tuple[jax.Array, jax.Array]:
@@ -138,206 +140,23 @@ def _at(x: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
 
 
-# ---------------------------------------------------------------- packed GRU (one CPU device)
-# A GRU layer over the captions sorted by length (longest first), with a hand-written VJP. Time
-# runs in chunks of a few steps; a chunk computes only the captions that still hold a token at
-# its first step, rounded up to a block of _GRU_ROW_BLOCK rows (a lax.switch over the block
-# counts, static shapes in every branch, the chunk's steps unrolled inside): the work of
-# PyTorch's pack_padded_sequence, about half of scanning every caption to L on COCO / Flickr30K
-# caption lengths. Backward, the input and weight gradients of a chunk are one matmul each over
-# its steps, so no [L, B, 3H] array is ever stored (one matmul after the scan, over every chunk's
-# columns packed into one buffer, measured 6% slower on the benchmark's train step, in-process
-# A/B: the buffers are updated in place only outside the switch, so each chunk writes them
-# padded to B, which costs more than the larger K gains). Everything is feature-major: a state is
-# ``[H, B]``, a sequence ``[L, F, B]``, every product a plain ``W @ h`` with the batch as the
-# minor axis, which XLA:CPU runs faster than ``h @ W`` on a few rows, and a block of rows is a
-# column slice that needs no transpose.
-_GRU_ROW_BLOCK = 8
-_GRU_MAX_BLOCKS = 16  # larger batches (evaluation) get larger blocks: fewer branches to compile
-_GRU_TIME_CHUNK = 2  # steps per chunk forward: a row block that fits the steps closely
-_GRU_GRAD_CHUNK = 4  # backward (a multiple of it): larger weight-gradient matmuls
-
-
-# Smaller GRUs keep the plain scan, whose compile is short: at 256 units (configs/default.py's
-# whole train step, batch 128, 128-d words, one core as a demo lane) a packed step took 0.077 s
-# against the scan's 0.120 s but compiled in 25 s instead of 3, so packing pays past about 500
-# steps (a demo run of 1872 steps would gain about a minute; the demo's table was measured with
-# the scan, and packing changes float rounding); at 1024 units it is about 5x faster.
-_PACKED_GRU_MIN_HIDDEN = 512
-
-
-def _packed_gru_available(hidden: int) -> bool:
-    """The packed GRU serves large GRUs on a single CPU device; sharded batches and small GRUs
-    use the plain scan."""
-    return (jax.default_backend() == "cpu" and jax.device_count() == 1
-            and hidden >= _PACKED_GRU_MIN_HIDDEN)
-
-
-def _gru_row_block(b: int) -> int:
-    """Rows per block: ``_GRU_ROW_BLOCK``, or a multiple of it that keeps at most
-    ``_GRU_MAX_BLOCKS`` blocks."""
-    return _GRU_ROW_BLOCK * max(1, -(-b // (_GRU_ROW_BLOCK * _GRU_MAX_BLOCKS)))
-
-
-def _gru_row_counts(b: int) -> list[int]:
-    """Row counts a chunk may compute: 0, one block, two blocks, ..., all ``b`` rows."""
-    return list(range(0, b, _gru_row_block(b))) + [b]
-
-
-def _gru_branch(n: jax.Array, b: int) -> jax.Array:
-    """Index into ``_gru_row_counts(b)`` of the smallest count >= ``n`` active rows."""
-    block = _gru_row_block(b)
-    return jnp.minimum((n + block - 1) // block, len(_gru_row_counts(b)) - 1)
-
-
-def _pad_axis(x: jax.Array, size: int, axis: int) -> jax.Array:
-    """``x`` zero-padded at the end of ``axis`` to ``size``."""
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (0, size - x.shape[axis])
-    return jnp.pad(x, pad) if size > x.shape[axis] else x
-
-
-def _dot_nt(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``a b^T`` for ``a [M, K]`` and ``b [N, K]``: ``[M, N]``."""
-    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
-
-
-def _chunks(x: jax.Array | None, size: int) -> jax.Array | None:
-    """``[L, ...] -> [L / size, size, ...]`` (free: a sequence is time-major)."""
-    return None if x is None else x.reshape((-1, size) + x.shape[1:])
-
-
-def _gru_forward(x, n_active, w_i, b_i, w_h, *, save: bool):
-    """Flax's ``GRUCell`` over ``x [L, D, B]`` (time-major, feature-major) whose columns are
-    sorted by length, descending; ``n_active [L]`` counts the captions that hold a token at each
-    step.
-
-    Returns the final states ``[H, B]`` (column b frozen after its last valid step) and the
-    states after every step ``[L, H, B]``, plus, with ``save``, the gates ``r, z, n`` and
-    ``W_hn h`` of every step for the backward pass. Columns outside a chunk's row block are
-    zero there.
-    """
-    seq, d, b = x.shape
-    hd = w_h.shape[0]
-    w_it, w_ht = w_i.T, w_h.T  # [3H, D], [3H, H]
-
-    def branch(rows):  # one chunk of the first `rows` columns
-        def f(h, x_c, n_c):
-            if rows == 0:
-                return h, (jnp.zeros((_GRU_TIME_CHUNK, hd, b), h.dtype),) * (5 if save else 1)
-            h_a = h[:, :rows]
-            outs = []
-            for s in range(_GRU_TIME_CHUNK):
-                xp = w_it @ x_c[s, :, :rows] + b_i[:, None]  # [3H, rows]
-                hp = w_ht @ h_a
-                r = jax.nn.sigmoid(xp[:hd] + hp[:hd])
-                z = jax.nn.sigmoid(xp[hd : 2 * hd] + hp[hd : 2 * hd])
-                hn = hp[2 * hd :]
-                n = jnp.tanh(xp[2 * hd :] + r * hn)
-                active = jnp.arange(rows) < n_c[s]
-                h_a = jnp.where(active, (1.0 - z) * n + z * h_a, h_a)
-                outs.append((h_a, r, z, n, hn) if save else (h_a,))
-            h = jax.lax.dynamic_update_slice(h, h_a, (0, 0)) if rows < b else h_a
-            return h, tuple(_pad_axis(jnp.stack(v), b, 2) for v in zip(*outs))
-
-        return f
-
-    branches = [branch(rows) for rows in _gru_row_counts(b)]
-
-    def chunk(h, inputs):
-        x_c, n_c = inputs
-        return jax.lax.switch(_gru_branch(n_c[0], b), branches, h, x_c, n_c)  # n_c[0]: most
-
-    inputs = (_chunks(x, _GRU_TIME_CHUNK), _chunks(n_active, _GRU_TIME_CHUNK))
-    h, saved = jax.lax.scan(chunk, jnp.zeros((hd, b), x.dtype), inputs)
-    return h, tuple(v.reshape(seq, hd, b) for v in saved)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _gru_layer(x, n_active, w_i, b_i, w_h, sequence: bool):
-    """Packed GRU layer: ``x [L, D, B]`` (see ``_gru_forward``; L a multiple of
-    ``_GRU_GRAD_CHUNK``) -> the states after every step ``[L, H, B]`` if ``sequence`` (valid at
-    each caption's valid steps), else the last ``[H, B]`` (each caption's state after its last
-    valid step)."""
-    h, (hs,) = _gru_forward(x, n_active, w_i, b_i, w_h, save=False)
-    return hs if sequence else h
-
-
-def _gru_layer_fwd(x, n_active, w_i, b_i, w_h, sequence):
-    h, saved = _gru_forward(x, n_active, w_i, b_i, w_h, save=True)
-    return (saved[0] if sequence else h), (x, n_active, w_i, w_h, saved)
-
-
-def _gru_layer_bwd(sequence, residuals, ct):
-    x, n_active, w_i, w_h, (hs, r, z, n, hn) = residuals
-    seq, d, b = x.shape
-    hd = w_h.shape[0]
-    c = _GRU_GRAD_CHUNK
-    h_prev = jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]])  # [L, H, B]
-
-    def branch(rows):  # one chunk back through the first `rows` columns
-        def f(carry, x_c, hp_c, r_c, z_c, n_c, hn_c, count, d_c):
-            dh, (d_wi, d_bi, d_wh) = carry
-            if rows == 0:
-                return carry, jnp.zeros_like(x_c)
-            x_c, hp_c, r_c, z_c, n_c, hn_c = (
-                v[..., :rows] for v in (x_c, hp_c, r_c, z_c, n_c, hn_c))
-            dh_a = dh[:, :rows]
-            g_x, g_h = [None] * c, [None] * c
-            for s in reversed(range(c)):
-                if d_c is not None:
-                    dh_a = dh_a + d_c[s, :, :rows]
-                active = jnp.arange(rows) < count[s]
-                dt = jnp.where(active, dh_a, 0.0)  # d h_t of the captions that step at t
-                rs, zs, ns, hns = r_c[s], z_c[s], n_c[s], hn_c[s]
-                dn = dt * (1.0 - zs) * (1.0 - ns * ns)  # d (x W_in + b_in + r * W_hn h)
-                dz = dt * (hp_c[s] - ns) * zs * (1.0 - zs)  # d (x W_iz + b_iz + W_hz h)
-                dr = dn * hns * rs * (1.0 - rs)  # d (x W_ir + b_ir + W_hr h)
-                g_x[s] = jnp.concatenate([dr, dz, dn])  # d (x W_i + b_i)^T  [3H, rows]
-                g_h[s] = jnp.concatenate([dr, dz, dn * rs])  # d (h W_h)^T
-                dh_a = jnp.where(active, dt * zs + w_h @ g_h[s], dh_a)
-            # The chunk's steps side by side: [F, C * rows], one matmul per gradient.
-            g_x = jnp.stack(g_x, axis=1).reshape(3 * hd, c * rows)
-            g_h = jnp.stack(g_h, axis=1).reshape(3 * hd, c * rows)
-            side = lambda v: jnp.swapaxes(v, 0, 1).reshape(v.shape[1], c * rows)  # noqa: E731
-            acc = (d_wi + _dot_nt(side(x_c), g_x), d_bi + g_x.sum(axis=1),
-                   d_wh + _dot_nt(side(hp_c), g_h))
-            d_x = jnp.swapaxes((w_i @ g_x).reshape(d, c, rows), 0, 1)  # [C, D, rows]
-            dh = jax.lax.dynamic_update_slice(dh, dh_a, (0, 0)) if rows < b else dh_a
-            return (dh, acc), _pad_axis(d_x, b, 2)
-
-        return f
-
-    branches = [branch(rows) for rows in _gru_row_counts(b)]
-
-    def chunk(carry, inputs):
-        count = inputs[6]
-        return jax.lax.switch(_gru_branch(count[0], b), branches, carry, *inputs)
-
-    d_seq, dh0 = (ct, jnp.zeros((hd, b), ct.dtype)) if sequence else (None, ct)
-    acc0 = (jnp.zeros_like(w_i), jnp.zeros((3 * hd,), w_i.dtype), jnp.zeros_like(w_h))
-    inputs = tuple(_chunks(v, c) for v in (x, h_prev, r, z, n, hn, n_active, d_seq))
-    (_, (d_wi, d_bi, d_wh)), d_x = jax.lax.scan(chunk, (dh0, acc0), inputs, reverse=True)
-    return d_x.reshape(x.shape), None, d_wi, d_bi, d_wh
-
-
-_gru_layer.defvjp(_gru_layer_fwd, _gru_layer_bwd)
-
-
-def _packed_gru(x: jax.Array, lengths: jax.Array, weights) -> jax.Array:
-    """Stacked GRU layers ``[(W_i [D, 3H], b_i [3H], W_h [H, 3H]), ...]`` (Flax ``GRUCell``
-    kernels, gates r, z, n) over ``x [B, L, D]``: the last layer's state after ``lengths[b]``
-    steps, ``[B, H]``."""
-    dtype = jnp.result_type(x, *(w for layer in weights for w in layer))
-    order = jnp.argsort(-lengths, stable=True)  # the longest caption first
-    x = jnp.transpose(x[order].astype(dtype), (1, 2, 0))  # [L, D, B]
-    # Whole chunks of steps; the added steps have no active row and cost nothing.
-    x = _pad_axis(x, -(-x.shape[0] // _GRU_GRAD_CHUNK) * _GRU_GRAD_CHUNK, 0)
-    n_active = jnp.sum(lengths[None, :] > jnp.arange(x.shape[0])[:, None], axis=1)  # [L]
-    for i, layer in enumerate(weights):
-        w_i, b_i, w_h = (w.astype(dtype) for w in layer)
-        x = _gru_layer(x, n_active, w_i, b_i, w_h, i < len(weights) - 1)
-    return x.T[jnp.argsort(order)]
+def _gru_runs_packed(gru_impl: str, hidden: int) -> bool:
+    """Resolves ``gru_impl`` (one of ``GRU_IMPLS``) for a GRU of ``hidden`` units on this
+    process's devices and prints the choice, with why, on process 0."""
+    if gru_impl not in GRU_IMPLS:
+        raise ConfigError(f"Unknown model.gru_impl={gru_impl!r} (GRUTextEncoder's gru_impl); "
+                          f"valid: {', '.join(GRU_IMPLS)}.")
+    packed = packed_gru_pays(hidden) if gru_impl == "auto" else gru_impl == "packed"
+    n = jax.device_count()
+    why = f"{hidden} units on {n} {jax.default_backend().upper()} device{'s' * (n > 1)}"
+    if gru_impl == "auto" and not packed:
+        why += f"; packed from {MIN_HIDDEN} units on one CPU device"
+    if packed and n > 1:
+        why += "; every device runs the whole batch's GRU"
+    if jax.process_index() == 0:
+        print(f"text encoder: {'packed' if packed else 'scan'} GRU "
+              f"(model.gru_impl={gru_impl}: {why})")
+    return packed
 
 
 class GRUTextEncoder(nnx.Module):
@@ -349,13 +168,15 @@ class GRUTextEncoder(nnx.Module):
     after reading ``tokens[b, :lengths[b]]`` (the output at index ``lengths - 1``, as the
     authors' ``gather`` on the packed sequence), L2-normalised.
 
-    On a single CPU device a GRU of 512 units or more runs packed (``_packed_gru``): captions
-    sorted by length, each chunk of steps computing only the (8-row blocks of) captions that
-    still have a token there, with a hand-written backward pass, so padding costs almost
-    nothing, as PyTorch's ``pack_padded_sequence``; the same function to float32 rounding, reverse-mode
-    differentiable (``jax.grad``; forward-mode ``jax.jvp`` is not defined). Elsewhere (sharded
-    batches, accelerators) the batch shares one ``lax.scan`` of length L: padded steps come
-    after every caption's last valid step, so they never reach the state that is read.
+    ``gru_impl`` picks how the GRU runs; both are the same function to float32 rounding:
+    ``"scan"``, the batch shares one ``lax.scan`` of length L (padded steps come after every
+    caption's last valid step, so they never reach the state that is read); ``"packed"``,
+    ``itm_jax.ops.packed_gru`` (captions sorted by length, each chunk of steps computing only the
+    8-row blocks of captions that still have a token there, with a hand-written backward pass,
+    so padding costs almost nothing, as PyTorch's ``pack_padded_sequence``; reverse-mode
+    differentiable only: ``jax.jvp`` is not defined); ``"auto"``, packed where
+    ``packed_gru_pays`` (512 units or more on a single CPU device), else the scan. The choice
+    is made and printed (process 0) when the encoder is built.
 
     Differences from the authors' PyTorch ``nn.GRU``: Flax's ``GRUCell`` has no recurrent bias
     ``b_hn`` inside ``r * (W_hn h + b_hn)`` (PyTorch has both ``b_in`` and ``b_hn``), and its
@@ -372,6 +193,7 @@ class GRUTextEncoder(nnx.Module):
       normalize: L2-normalise the output.
       pretrained: optional ``[vocab_size, word_dim]`` table (e.g. word2vec) to start the
         embedding from; otherwise ``U(-0.1, 0.1)`` as VSE++'s ``init_weights``.
+      gru_impl: one of ``GRU_IMPLS``: ``"auto"``, ``"scan"`` or ``"packed"`` (see above).
       rngs: parameter RNG.
     """
 
@@ -384,6 +206,7 @@ class GRUTextEncoder(nnx.Module):
         num_layers: int = 1,
         normalize: bool = True,
         pretrained=None,
+        gru_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
         _check_dims(
@@ -410,21 +233,22 @@ class GRUTextEncoder(nnx.Module):
         self.embed_dim = embed_dim
         self.out_dim = embed_dim
         self.normalize = normalize
+        self.packed = _gru_runs_packed(gru_impl, embed_dim)
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
         tokens, lengths = _check_inputs(tokens, lengths, "GRUTextEncoder")
         b, seq = tokens.shape
         x = self.embed(jnp.where(_valid_mask(lengths, seq), tokens, 0))  # [B, L, word_dim]
-        if _packed_gru_available(self.embed_dim):
+        if self.packed:
             cells = [rnn.cell for rnn in self.layers]
             weights = [(c.dense_i.kernel[...], c.dense_i.bias[...], c.dense_h.kernel[...])
                        for c in cells]
-            out = _packed_gru(x, lengths, weights)  # [B, embed_dim]
-            return l2_normalize(out) if self.normalize else out
-        h0 = jnp.zeros((b, self.embed_dim), x.dtype)
-        for rnn in self.layers:
-            x = rnn(x, initial_carry=h0, seq_lengths=lengths)  # [B, L, embed_dim]
-        out = _at(x, lengths - 1)  # [B, embed_dim]; a GRU's output is its state
+            out = packed_gru(x, lengths, weights)  # [B, embed_dim]
+        else:
+            h0 = jnp.zeros((b, self.embed_dim), x.dtype)
+            for rnn in self.layers:
+                x = rnn(x, initial_carry=h0, seq_lengths=lengths)  # [B, L, embed_dim]
+            out = _at(x, lengths - 1)  # [B, embed_dim]; a GRU's output is its state
         return l2_normalize(out) if self.normalize else out
 
 
