@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from itm_jax.data.cuhk_pedes import CuhkPedesSource
+from itm_jax.data.datasets import get_sources
 from itm_jax.data.source import CaptionedSource, PairSource
-from itm_jax.errors import DataError
+from itm_jax.errors import ConfigError, DataError
 
 # (split, person id, file_path, number of captions)
 RECORDS = [
@@ -164,3 +165,11 @@ def test_bad_split_and_json(tmp_path):
     message = _data_error(json_path, "not valid JSON, probably truncated", CuhkPedesSource,
                           tmp_path, "train")
     assert "copy it again" in message and "on request" in message
+
+
+def test_get_sources_needs_a_data_dir(tmp_path):
+    _make(tmp_path)
+    sources = get_sources({"name": "cuhk_pedes", "data_dir": str(tmp_path)})
+    assert [sources[s].num_images for s in ("train", "val", "test")] == [4, 1, 1]
+    with pytest.raises(ConfigError, match="data.data_dir, which is empty.*reid_raw.json and imgs/"):
+        get_sources({"name": "cuhk_pedes", "data_dir": ""})

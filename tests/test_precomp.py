@@ -6,9 +6,10 @@ import pickle
 import numpy as np
 import pytest
 
+from itm_jax.data.datasets import get_sources
 from itm_jax.data.precomp import PrecompSource
 from itm_jax.data.source import CaptionedSource, PairSource
-from itm_jax.errors import DataError
+from itm_jax.errors import ConfigError, DataError
 
 
 def _data_error(path, match, *args, **kwargs):
@@ -191,3 +192,15 @@ def test_empty_or_binary_captions_name_the_file(tmp_path, content, match):
     (tmp_path / "train_caps.txt").write_bytes(content)
     message = _data_error(tmp_path / "train_caps.txt", match, tmp_path, "train")
     assert "download it again" in message
+
+
+def test_get_sources_reads_the_configured_splits(tmp_path):
+    for split, n in (("train", 4), ("dev", 2), ("testall", 3)):
+        _make(tmp_path, n_images=n, split=split)
+    cfg = {"name": "precomp", "data_dir": str(tmp_path), "test_split": "testall"}
+    sources = get_sources(cfg)
+    assert [sources[s].num_images for s in ("train", "val", "test")] == [4, 2, 3]
+    with pytest.raises(ConfigError, match=r"data.test_split='val' .*test_split=test .* testall"):
+        get_sources({**cfg, "test_split": "val"})
+    with pytest.raises(ConfigError, match="data.data_dir, which is empty: pass --config.data.data_dir"):
+        get_sources({**cfg, "data_dir": ""})

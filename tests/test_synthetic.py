@@ -21,8 +21,10 @@ import pytest
 
 from itm_jax.data import synthetic as S
 from itm_jax.data import synthetic_features as F
+from itm_jax.data.datasets import get_sources
 from itm_jax.data.precomp import PrecompSource
 from itm_jax.data.source import CaptionedSource, PairSource
+from itm_jax.errors import ConfigError, DataError
 
 SMALL = S.SyntheticConfig(seed=3, num_train=300, num_val=100, num_test=120)
 
@@ -302,7 +304,7 @@ def test_other_image_size():
     ],
 )
 def test_bad_config(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         S.SyntheticConfig(**kwargs)
 
 
@@ -357,7 +359,7 @@ def test_extract_features_rejects_bad_input():
 def test_unwritable_directory_is_a_clear_error(tmp_path, splits):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    with pytest.raises(OSError, match="Cannot write precomputed features to .*a_file"):
+    with pytest.raises(DataError, match="Cannot write precomputed features to .*a_file"):
         F.write_precomp(blocker / "out", {"test": splits["test"]})
     assert os.listdir(tmp_path) == ["a_file"]
 
@@ -374,7 +376,7 @@ def test_failed_write_leaves_no_partial_files(tmp_path, splits, monkeypatch):
         np.lib.format.write_array(f, arr)
 
     monkeypatch.setattr(F.np, "save", failing_save)
-    with pytest.raises(OSError, match="No space left on device.*No temporary files"):
+    with pytest.raises(DataError, match="No space left on device.*No temporary files"):
         F.write_precomp(tmp_path, few, batch_size=64)
     assert os.listdir(tmp_path) == []
 
@@ -385,6 +387,16 @@ def test_failed_rename_keeps_no_stale_meta(tmp_path, splits):
     (tmp_path / "test_caps.txt").unlink()
     (tmp_path / "test_caps.txt").mkdir()
     (tmp_path / "test_caps.txt" / "keep").write_text("x")  # replace() cannot clobber this
-    with pytest.raises(OSError, match="Writing precomputed features"):
+    with pytest.raises(DataError, match="Writing precomputed features"):
         F.write_precomp(tmp_path, few, batch_size=64)
     assert sorted(os.listdir(tmp_path)) == ["test_caps.txt", "test_ims.npy"]
+
+
+def test_damaged_cache_metadata_is_regenerated(tmp_path):
+    cfg = {"name": "synthetic", "data_dir": str(tmp_path),
+           "synthetic": {"seed": 1, "num_train": 8, "num_val": 4, "num_test": 4}}
+    first = get_sources(cfg)["test"].caption(3)
+    meta = tmp_path / F.META_FILENAME
+    meta.write_text(meta.read_text()[:40])  # a cut-short copy of the cache
+    assert get_sources(cfg)["test"].caption(3) == first
+    assert json.loads(meta.read_text())["config"]["num_train"] == 8

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from itm_jax.data.source import CaptionedSource
+from itm_jax.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 
@@ -48,13 +49,30 @@ def _synthetic_precomp(cfg) -> dict[str, CaptionedSource]:
 
     directory = synthetic_cache_dir(cfg)
     wanted = _synthetic_config(cfg).to_dict()
-    meta = directory / META_FILENAME
-    if not meta.exists() or json.loads(meta.read_text()).get("config") != wanted:
+    if _cached_config(directory / META_FILENAME) != wanted:
         directory.mkdir(parents=True, exist_ok=True)
         # Written atomically, so concurrent processes at worst both write identical files.
         write_precomp(directory, synthetic_splits(_synthetic_config(cfg)))
     names = {"train": "train", "val": "dev", "test": "test"}
     return {split: PrecompSource(directory, names[split]) for split in SPLITS}
+
+
+def _cached_config(path: pathlib.Path) -> Any:
+    """The generator config recorded in a synthetic cache's metadata; None if there is none."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):  # none yet, or damaged: either way, regenerate
+        return None
+    return meta.get("config") if isinstance(meta, dict) else None
+
+
+def _data_dir(cfg: Mapping[str, Any], holds: str) -> str:
+    if not cfg.get("data_dir"):
+        raise ConfigError(
+            f"data.name={cfg['name']!r} reads its files from data.data_dir, which is empty: "
+            f"pass --config.data.data_dir=<the folder holding {holds}>."
+        )
+    return cfg["data_dir"]
 
 
 def get_sources(cfg: Mapping[str, Any]) -> dict[str, CaptionedSource]:
@@ -69,8 +87,15 @@ def get_sources(cfg: Mapping[str, Any]) -> dict[str, CaptionedSource]:
     if name == "precomp":
         from itm_jax.data.precomp import PrecompSource
 
-        names = {"train": "train", "val": "dev", "test": cfg.get("test_split", "test")}
-        return {s: PrecompSource(cfg["data_dir"], names[s]) for s in SPLITS}
+        test = cfg.get("test_split", "test")
+        if test not in ("test", "testall"):
+            raise ConfigError(
+                f"data.test_split={test!r} is not a precomp test split: pass "
+                "--config.data.test_split=test (COCO 1K, Flickr30K) or testall (COCO 5K)."
+            )
+        data_dir = _data_dir(cfg, "{train,dev,test}_ims.npy and _caps.txt")
+        names = {"train": "train", "val": "dev", "test": test}
+        return {s: PrecompSource(data_dir, names[s]) for s in SPLITS}
     if name.startswith("karpathy/") or name == "coco_captions":
         from itm_jax.data.tfds_source import TfdsSource
 
@@ -84,8 +109,9 @@ def get_sources(cfg: Mapping[str, Any]) -> dict[str, CaptionedSource]:
     if name == "cuhk_pedes":
         from itm_jax.data.cuhk_pedes import CuhkPedesSource
 
-        return {s: CuhkPedesSource(cfg["data_dir"], s) for s in SPLITS}
-    raise ValueError(
+        data_dir = _data_dir(cfg, "reid_raw.json and imgs/")
+        return {s: CuhkPedesSource(data_dir, s) for s in SPLITS}
+    raise ConfigError(
         f"Unknown data.name={name!r}; valid: synthetic, synthetic_images, precomp, "
         "karpathy/<coco|coco_restval|flickr30k|flickr8k>, coco_captions, cuhk_pedes."
     )

@@ -56,6 +56,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from itm_jax.errors import ConfigError
+
 # Bump when a change alters any image or caption produced from a given configuration.
 GENERATOR_VERSION = 1
 
@@ -159,24 +161,24 @@ class SyntheticConfig:
         # A list would make the configuration unhashable (write_precomp compares configs).
         object.__setattr__(self, "twin_weights", tuple(float(w) for w in self.twin_weights))
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}.")
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}.")
         for name in ("num_train", "num_val", "num_test"):
             n = getattr(self, name)
             if not isinstance(n, (int, np.integer)) or n < 1:
-                raise ValueError(f"{name} must be a positive integer, got {n!r}.")
+                raise ConfigError(f"{name} must be a positive integer, got {n!r}.")
         total = self.num_train + self.num_val + self.num_test
         if total > NUM_SCENES // 4:
-            raise ValueError(
+            raise ConfigError(
                 f"{total} images requested, but the dataset has {NUM_SCENES} distinct scenes and "
                 f"draws them without repeats; ask for at most {NUM_SCENES // 4}."
             )
         if self.image_size < 32 or self.image_size % 8:
-            raise ValueError(
+            raise ConfigError(
                 f"image_size must be a multiple of 8 and at least 32, got {self.image_size}."
             )
         w = np.asarray(self.twin_weights, dtype=np.float64)
         if w.ndim != 1 or w.size == 0 or (w < 0).any() or not np.isclose(w.sum(), 1.0):
-            raise ValueError(
+            raise ConfigError(
                 "twin_weights must be non-negative probabilities of 0, 1, 2, ... twins summing "
                 f"to 1, got {self.twin_weights!r}."
             )

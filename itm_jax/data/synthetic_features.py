@@ -48,6 +48,7 @@ from itm_jax.data.synthetic import (
     SyntheticSource,
     synthetic_splits,
 )
+from itm_jax.errors import DataError
 
 EXTRACTOR_NAME = "randconv2"
 EXTRACTOR_VERSION = 1
@@ -166,9 +167,10 @@ def _check_writable(directory: pathlib.Path) -> None:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as e:
-        raise OSError(
+        raise DataError(
             f"Cannot write precomputed features to {directory}: {e.strerror or e}. Pass a "
-            "directory that can be created and written to."
+            "directory that can be created and written to (data.data_dir, or $ITM_JAX_CACHE "
+            "for the default cache)."
         ) from e
 
 
@@ -255,10 +257,10 @@ def write_precomp(
         for tmp, final in staged:
             os.replace(tmp, final)
     except OSError as e:
-        raise OSError(
+        raise DataError(
             f"Writing precomputed features to {directory} failed: {e}. No temporary files were "
             f"left; {META_FILENAME} is written only after every data file is in place. Check "
-            "the free space and permissions and run write_precomp again."
+            "the free space and permissions and run again."
         ) from e
     finally:
         for tmp, _ in staged:
