@@ -119,8 +119,9 @@ def test_missing_files(tmp_path):
                           "reid_raw.json are missing", CuhkPedesSource, tmp_path, "train")
     assert f"{tmp_path / 'imgs' / RECORDS[5][2]} (record 5)" in message and "on request" in message
     src = CuhkPedesSource(tmp_path, "test")
-    (tmp_path / "imgs" / RECORDS[1][2]).unlink()
-    _data_error(tmp_path / "imgs" / RECORDS[1][2], r"p7_s1.jpg \(record 1\) is missing", src.image, 0)
+    image = tmp_path / "imgs" / RECORDS[1][2]
+    image.unlink()
+    _data_error(image, r"p7_s1.jpg \(record 1\) is missing", src.image, 0)
 
 
 @pytest.mark.parametrize("keep", [-40, 100])  # the last scan bytes cut; most of the file cut

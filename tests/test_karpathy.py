@@ -14,6 +14,7 @@ from itm_jax.data import karpathy
 from itm_jax.data.pipeline import eval_batches
 from itm_jax.data.source import CaptionedSource
 from itm_jax.data.tfds_source import TfdsSource
+from itm_jax.errors import DataError
 
 # (split, number of captions) per image, in JSON order.
 FLICKR = [("train", 5), ("test", 5), ("train", 6), ("val", 5), ("train", 5), ("test", 5)]
@@ -169,39 +170,125 @@ def test_eval_batches_over_tfds_source_in_a_worker_process(built):
     np.testing.assert_array_equal(np.concatenate([b["mask"] for b in local]), [True, True, True, False])
 
 
-def test_missing_manual_files_name_the_layout_and_sources(tmp_path):
+def _data_error(path, match, fn, *args, **kwargs):
+    """The one-line DataError of ``fn(*args, **kwargs)``, which must name ``path``."""
+    with pytest.raises(DataError, match=match) as e:
+        fn(*args, **kwargs)
+    message = str(e.value)
+    assert str(path) in message and "\n" not in message
+    return message
+
+
+def test_missing_manual_files_name_the_file_and_where_to_get_it(tmp_path):
     def build(manual):
         karpathy.prepare("flickr8k", manual_dir=manual, data_dir=tmp_path / "data")
 
-    with pytest.raises(FileNotFoundError, match="deepimagesent") as e:
-        build(tmp_path / "nowhere")
-    assert "flickr8k/*.jpg" in str(e.value)
+    message = _data_error(tmp_path / "nowhere", "Manual folder .* is missing or empty", build,
+                          tmp_path / "nowhere")
+    assert "dataset_flickr8k.json" in message and "deepimagesent" in message
+    assert str(tmp_path / "nowhere" / "flickr8k") in message and "8k-pictures" in message
 
     manual = tmp_path / "manual"
     (manual / "flickr8k").mkdir(parents=True)  # images folder present, JSON missing
-    with pytest.raises(FileNotFoundError, match=r"dataset_flickr8k\.json not found"):
-        build(manual)
+    message = _data_error(manual / "dataset_flickr8k.json", "is missing: unzip", build, manual)
+    assert "caption_datasets.zip" in message and "deepimagesent" in message
 
     _write_flickr8k(manual)
-    (manual / "flickr8k" / "1003_abc.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=r"1 of the 6 images this config uses are missing") as e:
-        build(manual)
-    assert "1003_abc.jpg" in str(e.value) and "cs.stanford.edu" in str(e.value)
+    for name in ("1003_abc.jpg", "1005_abc.jpg"):
+        (manual / "flickr8k" / name).unlink()
+    message = _data_error(manual / "flickr8k" / "1003_abc.jpg",
+                          "2 of the 6 images of karpathy/flickr8k are missing", build, manual)
+    assert "1005_abc.jpg" in message and "8k-pictures" in message
 
 
-def test_wrong_json_for_the_config_is_rejected(tmp_path):
+def test_malformed_json_names_the_file_and_the_fix(tmp_path):
     manual = tmp_path / "manual"
-    entries = _write_flickr8k(manual)
-    (manual / "dataset_flickr8k.json").write_text(json.dumps({"images": entries, "dataset": "coco"}))
-    with pytest.raises(ValueError, match="'coco' file"):
-        karpathy.prepare("flickr8k", manual_dir=manual, data_dir=tmp_path / "data")
+    entries = _write_coco(manual)
+    path = manual / "dataset_coco.json"
+
+    def build():
+        karpathy.prepare("coco", manual_dir=manual, data_dir=tmp_path / "data")
+
+    path.write_text(path.read_text()[:300])  # a download or unzip cut short
+    message = _data_error(path, "is not valid JSON, probably truncated", build)
+    assert "unzip dataset_coco.json again from caption_datasets.zip" in message
+
+    path.write_text(json.dumps({"images": entries, "dataset": "flickr8k"}))
+    _data_error(path, "Karpathy's 'flickr8k' file, but this config builds 'coco'", build)
+
+    del entries[3]["sentences"][1]["sentid"]
+    path.write_text(json.dumps({"images": entries, "dataset": "coco"}))
+    _data_error(path, "image entry 3 lacks Karpathy's fields", build)
+
+
+@pytest.mark.parametrize("name, keep", [
+    ("1001_abc.jpg", -100),  # an RGB JPEG, stored as-is: only its scan data is cut
+    ("1001_abc.jpg", 200),  # cut inside the headers
+    ("1004_abc.jpg", -100),  # a PNG under a .jpg name, re-encoded
+])
+def test_truncated_image_fails_the_prepare_naming_the_file(tmp_path, name, keep):
+    manual, data_dir = tmp_path / "manual", tmp_path / "data"
+    _write_flickr8k(manual)
+    image = manual / "flickr8k" / name
+    intact = image.read_bytes()
+    image.write_bytes(intact[:keep])
+    message = _data_error(image, "does not decode", karpathy.prepare, "flickr8k",
+                          manual_dir=manual, data_dir=data_dir)
+    assert "truncated or damaged: replace it with an intact copy" in message
+    assert "8k-pictures" in message
+    # Nothing was left prepared: reading says so, and the repaired folder prepares.
+    _data_error(data_dir, "is not prepared", TfdsSource, "karpathy/flickr8k", "train",
+                data_dir=data_dir)
+    image.write_bytes(intact)
+    karpathy.prepare("flickr8k", manual_dir=manual, data_dir=data_dir)
+    assert TfdsSource("karpathy/flickr8k", "train", data_dir=data_dir).num_images == 3
+
+
+def test_a_damaged_image_already_prepared_names_the_example(tmp_path, monkeypatch):
+    # As prepared by a version that stored bytes without decoding them.
+    manual, data_dir = tmp_path / "manual", tmp_path / "data"
+    _write_flickr8k(manual)
+    image = manual / "flickr8k" / "1001_abc.jpg"  # test image 0, Karpathy imgid 1
+    image.write_bytes(image.read_bytes()[:-100])
+    monkeypatch.setattr(karpathy, "_jpeg_bytes", lambda path, source: path.read_bytes())
+    karpathy.prepare("flickr8k", manual_dir=manual, data_dir=data_dir)
+    src = TfdsSource("karpathy/flickr8k", "test", data_dir=data_dir)
+    message = _data_error(data_dir, r"Image 0 \(image_id 1\) of TFDS dataset 'karpathy/flickr8k' "
+                          "split 'test' .* does not decode", src.image, 0)
+    assert "prepare it again" in message
+
+
+def test_damaged_prepared_files_say_to_prepare_again(tmp_path):
+    manual, data_dir = tmp_path / "manual", tmp_path / "data"
+    _write_flickr8k(manual)
+    karpathy.prepare("flickr8k", manual_dir=manual, data_dir=data_dir)
+    (shard,) = (data_dir / "karpathy" / "flickr8k" / "1.0.0").glob("*-test.array_record-*")
+    shard.unlink()  # e.g. an interrupted copy of the prepared folder
+    message = _data_error(shard, "is incomplete or damaged", TfdsSource, "karpathy/flickr8k",
+                          "test", data_dir=data_dir)
+    assert "delete that folder and prepare it again" in message
+
+
+def test_prepare_command_prints_one_line_without_traceback(tmp_path, capsys):
+    manual = tmp_path / "manual"
+    _write_flickr8k(manual)
+    (manual / "dataset_flickr8k.json").write_text('{"images": [')
+    argv = ["--config", "flickr8k", "--manual_dir", str(manual), "--data_dir", str(tmp_path / "d")]
+    with pytest.raises(SystemExit) as e:
+        karpathy.main(argv)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: " in err and "Traceback" not in err
+    assert str(manual / "dataset_flickr8k.json") in err
 
 
 def test_unprepared_dataset_says_how_to_prepare(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"python -m itm_jax\.data\.karpathy --config flickr30k"):
-        TfdsSource("karpathy/flickr30k", "test", data_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match="array_record"):
-        TfdsSource("coco_captions", "test", data_dir=tmp_path)
+    message = _data_error(tmp_path, r"TFDS dataset 'karpathy/flickr30k' is not prepared in .*: run "
+                          r"`python -m itm_jax\.data\.karpathy --config flickr30k --manual_dir DIR "
+                          f"--data_dir {tmp_path}`", TfdsSource, "karpathy/flickr30k", "test",
+                          data_dir=tmp_path)
+    assert "--help" in message
+    _data_error(tmp_path, "array_record", TfdsSource, "coco_captions", "test", data_dir=tmp_path)
 
 
 def test_reads_tfds_coco_captions_layout_from_files_without_tensorflow(tmp_path):

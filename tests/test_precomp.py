@@ -202,5 +202,5 @@ def test_get_sources_reads_the_configured_splits(tmp_path):
     assert [sources[s].num_images for s in ("train", "val", "test")] == [4, 2, 3]
     with pytest.raises(ConfigError, match=r"data.test_split='val' .*test_split=test .* testall"):
         get_sources({**cfg, "test_split": "val"})
-    with pytest.raises(ConfigError, match="data.data_dir, which is empty: pass --config.data.data_dir"):
+    with pytest.raises(ConfigError, match="data.data_dir, which is empty: pass --config.data.d"):
         get_sources({**cfg, "data_dir": ""})

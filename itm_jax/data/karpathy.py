@@ -39,6 +39,11 @@ Prepare (writes ArrayRecord files, which ``tfds.data_source`` / :class:`TfdsSour
 Building uses only TFDS's NumPy/protobuf path: images are passed as encoded bytes (TFDS would
 call ``tf.image.encode_jpeg`` only for NumPy arrays) and ``file_format="array_record"`` needs no
 ``tf.io`` writer, so TensorFlow is never imported.
+
+Bad manual files stop the build with a :class:`~itm_jax.errors.DataError` naming the file and
+the fix: a missing or unparsable JSON, missing images, and images that do not decode. Every
+image is decoded once while preparing (TFDS stores the bytes without reading them), so a JPEG
+cut short is reported here, not by a training run.
 """
 
 from __future__ import annotations
@@ -53,21 +58,36 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+from itm_jax.errors import DataError, UserError
+
+# Where the manual files come from, in words that also fit one-line error messages.
+_JSON_SOURCE = "caption_datasets.zip (https://cs.stanford.edu/people/karpathy/deepimagesent/)"
+_IMAGE_SOURCES = {
+    "coco": "COCO 2014 train and val images (https://cocodataset.org/#download)",
+    "flickr30k": (
+        "Flickr30K images (flickr30k-images/, from the request form of the Flickr30K authors: "
+        "https://shannon.cs.illinois.edu/DenotationGraph/)"
+    ),
+    "flickr8k": (
+        "Flickr8K images (Flicker8k_Dataset/, from "
+        "https://hockenmaier.cs.illinois.edu/8k-pictures.html)"
+    ),
+}
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Put Karpathy's split files and the images in one folder (pass it as `manual_dir`):
 
   <manual_dir>/dataset_coco.json, dataset_flickr30k.json, dataset_flickr8k.json
-      from https://cs.stanford.edu/people/karpathy/deepimagesent/ (caption_datasets.zip)
+      from {_JSON_SOURCE}
   <manual_dir>/coco/train2014/*.jpg and <manual_dir>/coco/val2014/*.jpg
-      COCO 2014 train and val images from https://cocodataset.org/#download
+      {_IMAGE_SOURCES["coco"]}
   <manual_dir>/flickr30k/*.jpg
-      Flickr30K images (flickr30k-images/), obtained through the request form of the
-      Flickr30K authors: https://shannon.cs.illinois.edu/DenotationGraph/
+      {_IMAGE_SOURCES["flickr30k"]}
   <manual_dir>/flickr8k/*.jpg
-      Flickr8K images (Flicker8k_Dataset/), from the same authors:
-      https://hockenmaier.cs.illinois.edu/8k-pictures.html
+      {_IMAGE_SOURCES["flickr8k"]}
 
-Only the JSON and image folder of the config being built are needed.
+Only the JSON and image folder of the config being built are needed. Preparing decodes every
+image once, so a truncated or damaged file is reported by name.
 """
 
 _CITATION = """\
@@ -143,11 +163,8 @@ class Karpathy(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        try:
-            manual_dir = dl_manager.manual_dir
-        except AssertionError as e:  # TFDS's way of saying "missing or empty"
-            raise FileNotFoundError(f"{e}") from None
         config: KarpathyConfig = self.builder_config
+        manual_dir = dl_manager.manual_dir  # `prepare` has checked that it exists
         entries = _read_karpathy_json(manual_dir / config.json_file, config.dataset)
         image_root = manual_dir / config.image_dir
         wanted = {"train": set(config.train_from), "val": {"val"}, "test": {"test"}}
@@ -155,14 +172,17 @@ class Karpathy(tfds.core.GeneratorBasedBuilder):
             split: [(i, e) for i, e in enumerate(entries) if e["split"] in wanted[split]]
             for split in _SPLITS
         }
-        _check_images_exist(image_root, [e for split in splits.values() for _, e in split])
+        _check_images_exist(
+            image_root, [e for split in splits.values() for _, e in split], config
+        )
         return {split: self._generate_examples(items, image_root) for split, items in splits.items()}
 
     def _generate_examples(self, entries: list[tuple[int, dict]], image_root: epath.Path):
+        source = _IMAGE_SOURCES[self.builder_config.dataset]
         for position, entry in entries:
             sentences = entry["sentences"]
             yield position, {
-                "image": _jpeg_bytes(_image_path(image_root, entry)),
+                "image": _jpeg_bytes(_image_path(image_root, entry), source),
                 "image_id": int(entry.get("cocoid", entry["imgid"])),
                 "filename": entry["filename"],
                 "captions": [s["raw"] for s in sentences],
@@ -171,27 +191,55 @@ class Karpathy(tfds.core.GeneratorBasedBuilder):
 
 
 def _read_karpathy_json(path: epath.Path, dataset: str) -> list[dict]:
+    again = f"unzip {path.name} again from {_JSON_SOURCE} into {path.parent}"
     if not path.exists():
-        raise FileNotFoundError(
-            f"Karpathy split file {path} not found.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        raise DataError(
+            f"Karpathy split file {path} is missing: unzip {path.name} from {_JSON_SOURCE} "
+            f"into {path.parent}."
         )
-    with path.open() as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or "images" not in data:
-        raise ValueError(
-            f"{path} has no 'images' list; expected Karpathy's format "
-            '{"images": [{"filename", "split", "sentences", ...}], "dataset": ...}.'
+    try:
+        with path.open(encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON, probably truncated ({e}): {again}.") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text: {again}.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(
+            f"{path} has no 'images' list, so it is not one of Karpathy's split files "
+            '({"images": [{"filename", "split", "sentences", ...}], "dataset": ...}): '
+            f"{again}."
         )
     if data.get("dataset", dataset) != dataset:
-        raise ValueError(
+        raise DataError(
             f"{path} is Karpathy's {data['dataset']!r} file, but this config builds "
-            f"{dataset!r}; put dataset_{dataset}.json from caption_datasets.zip there."
+            f"{dataset!r}: put dataset_{dataset}.json from {_JSON_SOURCE} there."
         )
     entries = data["images"]
+    for k, e in enumerate(entries):
+        if not _is_entry(e):
+            raise DataError(
+                f"{path}: image entry {k} lacks Karpathy's fields ('filename', 'imgid' or "
+                f"'cocoid', 'sentences' with 'raw' and 'sentid'): {again}."
+            )
     bad = sorted({e.get("split") for e in entries} - {"train", "val", "test", "restval"}, key=str)
     if bad:
-        raise ValueError(f"{path}: unknown split names {bad}; expected train/val/test/restval.")
+        raise DataError(
+            f"{path}: unknown split names {bad}; expected train/val/test/restval: {again}."
+        )
     return entries
+
+
+def _is_entry(entry) -> bool:
+    """Whether ``entry`` has the fields the builder reads (Karpathy's file has more)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+        return False
+    sentences = entry.get("sentences")
+    return (
+        ("imgid" in entry or "cocoid" in entry)
+        and isinstance(sentences, list)
+        and all(isinstance(s, dict) and "raw" in s and "sentid" in s for s in sentences)
+    )
 
 
 def _image_path(image_root: epath.Path, entry: dict) -> epath.Path:
@@ -199,29 +247,43 @@ def _image_path(image_root: epath.Path, entry: dict) -> epath.Path:
     return image_root / entry.get("filepath", "") / entry["filename"]
 
 
-def _check_images_exist(image_root: epath.Path, entries: list[dict]) -> None:
+def _check_images_exist(
+    image_root: epath.Path, entries: list[dict], config: KarpathyConfig
+) -> None:
     missing = [p for p in (_image_path(image_root, e) for e in entries) if not p.exists()]
     if missing:
-        shown = "\n  ".join(str(p) for p in missing[:5])
-        raise FileNotFoundError(
-            f"{len(missing)} of the {len(entries)} images this config uses are missing "
-            f"under {image_root}, e.g.\n  {shown}\n{MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        shown = ", ".join(str(p) for p in missing[:3])
+        raise DataError(
+            f"{len(missing)} of the {len(entries)} images of karpathy/{config.name} are missing "
+            f"under {image_root} (e.g. {shown}): put the {_IMAGE_SOURCES[config.dataset]} there."
         )
 
 
-def _jpeg_bytes(path: epath.Path) -> bytes:
+def _jpeg_bytes(path: epath.Path, source: str) -> bytes:
     """The file's bytes if it is an RGB JPEG, else the image re-encoded as RGB JPEG.
 
     Re-encoding grayscale/CMYK/PNG files up front means every stored image decodes to
-    ``[H, W, 3]`` with any JPEG decoder.
+    ``[H, W, 3]`` with any JPEG decoder. Every image is decoded here, because TFDS stores the
+    bytes unread: a file cut short would otherwise fail only when training reads it.
+    ``source`` says where intact copies come from.
     """
     data = path.read_bytes()
-    with Image.open(io.BytesIO(data)) as image:  # reads the header only
-        if image.format == "JPEG" and image.mode == "RGB":
-            return data
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="JPEG", quality=95, subsampling=0)
-        return buffer.getvalue()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "JPEG" and image.mode == "RGB":
+                # Decoding at 1/8 scale still entropy-decodes the whole scan (so truncation
+                # is caught) but skips most of the IDCT: about a third faster than full size.
+                image.draft("RGB", (1, 1))
+                image.load()
+                return data
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="JPEG", quality=95, subsampling=0)
+            return buffer.getvalue()
+    except OSError as e:  # PIL's error for unidentified, truncated or corrupt image data
+        raise DataError(
+            f"Image {path} does not decode ({e}), so the file is truncated or damaged: "
+            f"replace it with an intact copy from the {source}."
+        ) from None
 
 
 def prepare(
@@ -233,19 +295,35 @@ def prepare(
     ``~/tensorflow_datasets``).
     """
     builder = Karpathy(config=config, data_dir=data_dir, file_format="array_record")
+    manual_dir = epath.Path(manual_dir).expanduser()
+    if not manual_dir.is_dir() or not any(manual_dir.iterdir()):
+        cfg: KarpathyConfig = builder.builder_config
+        raise DataError(
+            f"Manual folder {manual_dir} is missing or empty: put {cfg.json_file} there from "
+            f"{_JSON_SOURCE}, and the {_IMAGE_SOURCES[cfg.dataset]} in "
+            f"{manual_dir / cfg.image_dir}/; `python -m itm_jax.data.karpathy --help` shows "
+            "the layout."
+        )
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=epath.Path(manual_dir))
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
     )
     return builder
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=_DESCRIPTION)
+    parser = argparse.ArgumentParser(
+        description=_DESCRIPTION,
+        epilog=MANUAL_DOWNLOAD_INSTRUCTIONS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", required=True, choices=[c.name for c in Karpathy.BUILDER_CONFIGS])
-    parser.add_argument("--manual_dir", required=True, help="folder laid out as in this module's docstring")
+    parser.add_argument("--manual_dir", required=True, help="folder laid out as shown below")
     parser.add_argument("--data_dir", default=None, help="TFDS data dir to write to")
     args = parser.parse_args(argv)
-    builder = prepare(args.config, manual_dir=args.manual_dir, data_dir=args.data_dir)
+    try:
+        builder = prepare(args.config, manual_dir=args.manual_dir, data_dir=args.data_dir)
+    except UserError as e:  # the message names the file and the fix; a traceback adds nothing
+        parser.exit(e.exit_code, f"{parser.prog}: error: {e}\n")
     print(f"Prepared {builder.info.full_name} in {builder.data_dir}: {dict(builder.info.splits)}")
 
 

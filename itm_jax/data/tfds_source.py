@@ -37,6 +37,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 from tensorflow_datasets.core import read_only_builder
+from tensorflow_datasets.core.utils import file_utils
+
+from itm_jax.errors import DataError
 
 _INDEX_CHUNK = 1024  # records per batched read while indexing captions
 
@@ -68,42 +71,42 @@ def _layout_of(features: tfds.features.FeaturesDict, name: str) -> _Layout:
         inner = getattr(features["captions"], "feature", None)  # Sequence({...}) -> {...}
         if isinstance(inner, tfds.features.FeaturesDict) and {"text", "id"} <= set(inner.keys()):
             return _COCO_CAPTIONS
-    raise ValueError(
+    raise DataError(
         f"TFDS dataset {name!r} has features {sorted(keys)}; TfdsSource reads either "
         "karpathy/* (image, image_id, captions, caption_ids) or coco_captions "
-        "(image, image/id, captions={text, id})."
+        "(image, image/id, captions={text, id}): prepare one of those."
     )
 
 
 def _open_records(name: str, split: str, data_dir: epath.PathLike | None):
     try:
         builder = read_only_builder.builder_from_files(name, data_dir=data_dir)
-    except tfds.core.DatasetNotFoundError as e:
+    except tfds.core.DatasetNotFoundError:
+        # TFDS's own message spans several lines; the folders it searched are what matters.
+        where = ", ".join(str(d) for d in file_utils.list_data_dirs(given_data_dir=data_dir))
         if name.startswith("karpathy"):
             how = (
-                f"prepare it with `python -m itm_jax.data.karpathy --config "
-                f"{name.partition('/')[2] or '<config>'} --manual_dir <dir> --data_dir <dir>` "
-                "(see itm_jax/data/karpathy.py for the manual files)"
+                f"run `python -m itm_jax.data.karpathy --config "
+                f"{name.partition('/')[2] or '<config>'} --manual_dir DIR --data_dir {where}` "
+                "(`--help` shows what DIR holds)"
             )
         else:
             how = (
-                "prepare it with TFDS and file_format='array_record' (e.g. `tfds build "
-                f"{name} --file_format=array_record`, which needs TensorFlow), or use "
-                "karpathy/coco_restval, which builds without TensorFlow"
+                "build it with TFDS and file_format='array_record' (`tfds build "
+                f"{name} --file_format=array_record --data_dir {where}`, which needs "
+                "TensorFlow), or use karpathy/coco_restval, which builds without TensorFlow"
             )
-        raise FileNotFoundError(
-            f"TFDS dataset {name!r} is not prepared under data_dir={data_dir!r}; {how}.\n{e}"
-        ) from None
+        raise DataError(f"TFDS dataset {name!r} is not prepared in {where}: {how}.") from None
     try:
         return builder.as_data_source(
             split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
         )
-    except NotImplementedError as e:
-        raise ValueError(
+    except NotImplementedError:
+        raise DataError(
             f"TFDS dataset {name!r} in {builder.data_dir} is stored as "
-            f"{builder.info.file_format}; random access needs ArrayRecord. Re-prepare it "
+            f"{builder.info.file_format}; random access needs ArrayRecord: prepare it again "
             "with file_format='array_record'."
-        ) from e
+        ) from None
 
 
 def _get(example: dict, path: tuple[str, ...]) -> Any:
@@ -168,14 +171,22 @@ class TfdsSource:
         texts, ids, counts = [], [], []
         for start in range(0, len(self._records), _INDEX_CHUNK):
             keys = list(range(start, min(start + _INDEX_CHUNK, len(self._records))))
-            for record in self._records.__getitems__(keys):
+            try:  # the first read of the split: shard files are opened lazily
+                records = self._records.__getitems__(keys)
+            except RuntimeError as e:  # ArrayRecord's error for a missing or truncated shard
+                raise DataError(
+                    f"TFDS dataset {self.name!r} in {self._records.dataset_info.data_dir} is "
+                    f"incomplete or damaged ({e}): delete that folder and prepare it again."
+                ) from None
+            for record in records:
                 example = self._caption_features.deserialize_example_np(record)
                 text = list(_get(example, self._layout.caption_text))
                 cid = list(_get(example, self._layout.caption_id))
                 if len(text) != len(cid):
-                    raise ValueError(
-                        f"{self.name}/{self.split}: an image has {len(text)} captions but "
-                        f"{len(cid)} caption ids; the dataset files are inconsistent, re-prepare it."
+                    raise DataError(
+                        f"TFDS dataset {self.name!r} split {self.split!r}: an image has "
+                        f"{len(text)} captions but {len(cid)} caption ids, so its files are "
+                        "inconsistent: delete and prepare it again."
                     )
                 k = len(text) if self.max_captions_per_image is None else min(
                     len(text), self.max_captions_per_image
@@ -207,11 +218,17 @@ class TfdsSource:
         example = self._image_features.deserialize_example_np(
             self._records[index], decoders={"image": tfds.decode.SkipDecoding()}
         )
-        return {
-            "image": _decode_rgb(example["image"]),
-            "image_id": np.int64(example[self._layout.image_id]),
-            "label": np.int64(index),
-        }
+        image_id = np.int64(example[self._layout.image_id])
+        try:
+            image = _decode_rgb(example["image"])
+        except OSError as e:  # PIL's error for truncated or corrupt image data
+            raise DataError(
+                f"Image {index} (image_id {image_id}) of TFDS dataset {self.name!r} split "
+                f"{self.split!r} in {self._records.dataset_info.data_dir} does not decode "
+                f"({e}): it was prepared from a damaged file; delete that folder and prepare it "
+                "again (for karpathy/*, preparing names the damaged file)."
+            ) from None
+        return {"image": image, "image_id": image_id, "label": np.int64(index)}
 
     def caption(self, index: int) -> dict[str, Any]:
         index = int(index)
