@@ -30,7 +30,7 @@ and restoring continues the exact stream.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import grain
@@ -38,7 +38,6 @@ import jax
 import numpy as np
 from absl import flags
 
-from itm_jax.data.offline import OfflineSampler
 from itm_jax.data.preprocess import EvalTransform, TrainTransform
 from itm_jax.data.source import CaptionedSource, PairSource
 
@@ -88,7 +87,9 @@ def _image_transform(source: CaptionedSource, transform: Callable | None, defaul
     return None
 
 
-def _tokenized(tokenize: Tokenize, caption: str) -> dict[str, np.ndarray]:
+def tokenized(tokenize: Tokenize, caption: str) -> dict[str, np.ndarray]:
+    """``{"tokens": int32 [L], "length": int32 []}`` of ``caption``, the fields of a caption in
+    a batch."""
     tokens, length = tokenize(caption)
     return {"tokens": np.asarray(tokens, np.int32), "length": np.asarray(length, np.int32)}
 
@@ -117,37 +118,10 @@ class _TrainExample(grain.transforms.RandomMap):
         image = None if self.transform is None else self.transform(item["image"], rng)
         return {
             **_image_fields(item, image, item["image_index"]),
-            **_tokenized(self.tokenize, item["caption"]),
+            **tokenized(self.tokenize, item["caption"]),
             "caption_id": np.int64(item["caption_id"]),
             "caption_index": np.int64(item["caption_index"]),
         }
-
-
-class _OfflineNegatives(grain.transforms.RandomMap):
-    """Adds AOQ's offline items to a training example: ``{role}_{field}`` for the images
-    ``i_off, i_tilde`` (``image`` / ``image_feat``) and the captions ``t_off, t_tilde``
-    (``tokens``, ``length``), plus ``offline_rank`` (the draw ``n``)."""
-
-    def __init__(self, source: CaptionedSource, sampler: OfflineSampler, tokenize: Tokenize,
-                 transform: Callable | None):
-        self.source = source
-        self.sampler = sampler
-        self.tokenize = tokenize
-        self.transform = transform
-
-    def random_map(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        drawn = self.sampler.draw(int(example["image_index"]), int(example["caption_index"]), rng)
-        out = {**example, "offline_rank": drawn["rank"]}
-        for role in ("i_off", "i_tilde"):
-            item = self.source.image(int(drawn[role]))
-            if self.transform is None:
-                out[f"{role}_image_feat"] = np.asarray(item["image_feat"])
-            else:
-                out[f"{role}_image"] = self.transform(item["image"], rng)
-        for role in ("t_off", "t_tilde"):
-            caption = self.source.caption(int(drawn[role]))["caption"]
-            out.update({f"{role}_{k}": v for k, v in _tokenized(self.tokenize, caption).items()})
-        return out
 
 
 def _iter_dataset(
@@ -176,7 +150,7 @@ def train_loader(
     shard_index: int | None = None,
     shard_count: int | None = None,
     read_options: grain.ReadOptions | None = None,
-    offline: OfflineSampler | None = None,
+    extras: Sequence[Any] = (),
 ) -> grain.IterDataset:
     """Shuffled (image, caption) training batches, one example per caption.
 
@@ -195,8 +169,9 @@ def train_loader(
       shard_index, shard_count: this process's rows of each global batch; default
         ``jax.process_index()`` / ``jax.process_count()``.
       read_options: Grain thread prefetching per process; default :data:`DEFAULT_READ_OPTIONS`.
-      offline: AOQ round 2's sampler of offline hard negatives; adds their fields to every
-        example (see :class:`_OfflineNegatives`).
+      extras: batch extras (e.g. AOQ round 2's offline negatives, ``itm_jax.aoq.extra``):
+        each one's ``random_map(tokenize, transform)`` adds its fields to every example
+        (``transform``: the image transform, None for precomputed features).
 
     Returns:
       A ``grain.IterDataset`` of local batches (see the module docstring for keys and shapes);
@@ -213,8 +188,8 @@ def train_loader(
         )
     ds = grain.MapDataset.source(PairSource(source)).seed(seed).shuffle().repeat(num_epochs)
     ds = ds.random_map(_TrainExample(tokenize, transform))
-    if offline is not None:
-        ds = ds.random_map(_OfflineNegatives(source, offline, tokenize, transform))
+    for extra in extras:
+        ds = ds.random_map(extra.random_map(tokenize, transform))
     ds = ds.batch(local, drop_remainder=True)
     # Local batch g holds rows [g*local, (g+1)*local) of the global stream, so global batch t
     # is local batches t*shard_count ... t*shard_count + shard_count - 1; take ours.
@@ -243,7 +218,7 @@ class _EvalBatch:
             return _image_fields(item, image, index)
         item = self.source.caption(index)
         return {
-            **_tokenized(self.tokenize, item["caption"]),
+            **tokenized(self.tokenize, item["caption"]),
             "caption_id": np.int64(item["caption_id"]),
             "caption_index": np.int64(index),
             "image_index": np.int64(self.source.cap_to_img[index]),

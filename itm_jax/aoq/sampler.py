@@ -1,9 +1,9 @@
 """AOQ round 2: the offline hard negatives of each training pair (Chen et al., ECCV 2020, Sec.
-3.2; ``shared/spec/losses.md``, "Sampling in round 2").
+3.2), and the Grain map that adds them to the training examples.
 
 For training pair ``(i, t)`` (caption index ``t``, its image ``i``) and the mined lists
-``i2t [N_img, H_t]`` / ``t2i [N_cap, H_i]`` (``itm_jax.mining``), one draw ``n ~ U{0..h_t-1}``
-gives, as the authors' code does,
+``i2t [N_img, H_t]`` / ``t2i [N_cap, H_i]`` (``itm_jax.aoq.store.load_mined``), one draw
+``n ~ U{0..h_t-1}`` gives, as the authors' code does,
 
     t_off   = i2t[i, n]                        offline hard negative caption of i
     i_off   = t2i[t, n // captions_per_image]  offline hard negative image of t
@@ -18,10 +18,13 @@ in that case, the authors' code does not: ``resample_matching`` (default True, t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import grain
 import numpy as np
 
+from itm_jax.data.pipeline import Tokenize, tokenized
 from itm_jax.data.source import CaptionedSource, image_ids
 
 # Draws before giving up on finding a non-matching (i_off, t_off); each draw matches with
@@ -83,3 +86,33 @@ class OfflineSampler:
         t_tilde = int(self.order[start + rng.integers(stop - start)])
         return {k: np.int64(v) for k, v in dict(
             rank=n, t_off=t_off, i_off=i_off, t_tilde=t_tilde, i_tilde=i_tilde).items()}
+
+
+class OfflineItems(grain.transforms.RandomMap):
+    """Adds AOQ's offline items to a training example: ``{role}_{field}`` for the images
+    ``i_off, i_tilde`` (``image`` / ``image_feat``) and the captions ``t_off, t_tilde``
+    (``tokens``, ``length``), plus ``offline_rank`` (the draw ``n``).
+
+    ``transform``: the training image transform, None for precomputed features.
+    """
+
+    def __init__(self, source: CaptionedSource, sampler: OfflineSampler, tokenize: Tokenize,
+                 transform: Callable | None):
+        self.source = source
+        self.sampler = sampler
+        self.tokenize = tokenize
+        self.transform = transform
+
+    def random_map(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        drawn = self.sampler.draw(int(example["image_index"]), int(example["caption_index"]), rng)
+        out = {**example, "offline_rank": drawn["rank"]}
+        for role in ("i_off", "i_tilde"):
+            item = self.source.image(int(drawn[role]))
+            if self.transform is None:
+                out[f"{role}_image_feat"] = np.asarray(item["image_feat"])
+            else:
+                out[f"{role}_image"] = self.transform(item["image"], rng)
+        for role in ("t_off", "t_tilde"):
+            caption = self.source.caption(int(drawn[role]))["caption"]
+            out.update({f"{role}_{k}": v for k, v in tokenized(self.tokenize, caption).items()})
+        return out

@@ -1,9 +1,11 @@
-"""AOQ round 2's offline-negative sampler against the spec ("Sampling in round 2")."""
+"""AOQ round 2's offline-negative sampler against the authors' sampling (Chen et al., Sec. 3.2),
+and the batch extra that adds its items to the training examples."""
 
 import numpy as np
 import pytest
 
-from itm_jax.data.offline import OfflineSampler
+from itm_jax.aoq.extra import OfflineNegatives
+from itm_jax.aoq.sampler import OfflineSampler
 from itm_jax.data.pipeline import train_loader
 
 CPI = 5
@@ -50,7 +52,7 @@ def draws(sampler, src, count, seed=0):
     return caps, [sampler.draw(int(src.cap_to_img[t]), int(t), rng) for t in caps]
 
 
-def test_draws_follow_the_spec_and_ranks_are_uniform():
+def test_draws_follow_the_authors_sampling_and_ranks_are_uniform():
     src = Source()
     i2t, t2i = mined(src, 30, 6)
     sampler = OfflineSampler(src, i2t, t2i, h_t=20, h_i=4, captions_per_image=CPI,
@@ -129,7 +131,8 @@ def test_train_loader_adds_the_offline_items_reproducibly():
 
     def batches(seed):
         it = iter(train_loader(src, global_batch_size=8, seed=seed, tokenize=tokenize,
-                               shard_index=0, shard_count=1, offline=sampler))
+                               shard_index=0, shard_count=1,
+                               extras=[OfflineNegatives(src, sampler)]))
         return [next(it) for _ in range(5)]
 
     a, b, other = batches(0), batches(0), batches(1)
