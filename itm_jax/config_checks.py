@@ -30,14 +30,16 @@ from itm_jax import similarity
 from itm_jax.errors import ConfigError
 from itm_jax.losses import _common
 from itm_jax.models import dual_encoder
+from itm_jax.models.text import GRU_IMPLS
 from itm_jax.objective import required_outputs
 from itm_jax.training.optim import make_optimizer, make_stages
 
 # Fields that cannot change the numbers a run trains, as dotted names or prefixes (``mesh``
 # covers ``mesh.data``). A restart may change them freely:
 SAFE_FIELDS = (
-    # Where the same inputs live: the data, word vectors, ImageNet weights, AOQ's mined lists,
-    # the run that initialised a fresh model (read once, before the first checkpoint).
+    # Where the same inputs live: the data, AOQ's mined lists, and what initialises a fresh
+    # model (word vectors, ImageNet weights, a base run; read only while no checkpoint exists,
+    # i.e. while nothing has been trained).
     "data.data_dir", "data.word_vectors", "model.pretrained", "aoq.mining_dir", "init_from",
     # When to validate, log and checkpoint, and how many checkpoints to keep: they read the
     # state, never write it (validation runs the model in eval mode; a checkpoint restores the
@@ -46,9 +48,10 @@ SAFE_FIELDS = (
     # Evaluation only: its batch size (rows are embedded independently) and what the final
     # test measures.
     "eval_batch_size", "eval_protocol", "data.test_split",
-    # The device count: the global batch and the score matrix are the same on any mesh, and a
-    # run resumes on any number of devices.
-    "mesh",
+    # How the same function runs: the device count (the global batch and the score matrix are
+    # the same on any mesh, and a run resumes on any number of devices) and the GRU's kernel
+    # (scan or packed, equal to float32 rounding).
+    "mesh", "model.gru_impl",
 )
 # Not safe, although they look harmless: num_steps / num_epochs (stage lengths and the
 # learning-rate decay follow them), batch_size (steps per epoch, the negatives of each batch),
@@ -74,9 +77,10 @@ HYPER_PARAMETER_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mu_down": _NON_NEGATIVE, "mu_up": _POSITIVE,  # IMC thresholds, related below
     "chunk_size": (lambda v: v >= 1, "None (automatic) or an integer >= 1"),
 }
-# Not in one module's list of options yet (see protocol_metrics and get_sources).
-PROTOCOLS = ("all", "coco", "t2i")
-DATASETS = ("synthetic", "synthetic_images", "precomp", "coco_captions", "cuhk_pedes")
+# The options itm_jax.evaluation.metrics and itm_jax.data.datasets.get_sources check inline,
+# with no constant to import (Karpathy's configs come from its TFDS builder).
+_PROTOCOLS = ("all", "coco", "t2i")
+_DATASETS = ("synthetic", "synthetic_images", "precomp", "coco_captions", "cuhk_pedes")
 
 
 def validate(config) -> None:
@@ -95,7 +99,7 @@ def validate(config) -> None:
             lambda v: v >= 0, integer=True)
     for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
         _number(field, config[field], "an integer >= 1", lambda v: v >= 1, integer=True)
-    _choice("eval_protocol", config.eval_protocol, PROTOCOLS)
+    _choice("eval_protocol", config.eval_protocol, _PROTOCOLS)
     _check_data(config.data)
     _check_model(config.model, config.losses)
     for field in ("h_t", "h_i"):
@@ -220,11 +224,11 @@ def _check_stages(config) -> None:
     stages = list(config.stages)
     labels = [spec.get("label", spec["name"]) for spec in config.losses]
     for i, spec in enumerate(stages or [{}]):
+        # As make_stages reads them: the stage's own length, else the top-level fields.
         own = "steps" in spec or "epochs" in spec
-        where = f"stages.{i}." if own else ""
         steps, epochs = ((spec.get("steps", -1), spec.get("epochs")) if own else
                          (config.num_steps, config.num_epochs))
-        steps_field, epochs_field = ((f"{where}steps", f"{where}epochs") if own else
+        steps_field, epochs_field = ((f"stages.{i}.steps", f"stages.{i}.epochs") if own else
                                      ("num_steps", "num_epochs"))
         _number(steps_field, steps, "an integer: >= 0 steps, or -1 to count epochs",
                 lambda v: True, integer=True)
@@ -248,8 +252,8 @@ def _check_stages(config) -> None:
     try:  # make_stages resolves each stage's loss weights and rejects unknown labels
         resolved = make_stages(config, 1)
     except ValueError as e:
-        raise ConfigError(f"{e} Valid labels (config.losses' label, else name): "
-                          f"{', '.join(labels)}; fix the stage's loss_weights.") from None
+        raise ConfigError(f"{e} Valid: {', '.join(labels)} (each loss's label, else its "
+                          "name). Fix: name only these in that stage's loss_weights.") from None
     for stage in resolved:
         if not stage.losses:
             field = f"stages.{stage.index}.loss_weights" if stages else "losses"
@@ -302,7 +306,7 @@ def _check_data(data) -> None:
         valid = tuple(f"karpathy/{c.name}" for c in Karpathy.BUILDER_CONFIGS)
         if name in valid:
             return
-    _choice("data.name", name, (*DATASETS, "karpathy/<coco|coco_restval|flickr30k|flickr8k>"))
+    _choice("data.name", name, (*_DATASETS, "karpathy/<coco|coco_restval|flickr30k|flickr8k>"))
 
 
 def _check_model(model, losses) -> None:
@@ -314,6 +318,7 @@ def _check_model(model, losses) -> None:
                          ("text_head", dual_encoder.TEXT_HEADS),
                          ("text_cnn", dual_encoder.TEXT_CNN_BLOCKS)):
         _choice(f"model.{field}", model[field], valid)
+    _choice("model.gru_impl", model.get("gru_impl", "auto"), GRU_IMPLS)
     options = {k: model.get(k, v) for k, v in dual_encoder.OPTIONS.items()}
     try:
         dual_encoder._check_options(model.image, model.text, options,
