@@ -221,17 +221,19 @@ def test_malformed_json_names_the_file_and_the_fix(tmp_path):
     _data_error(path, "image entry 3 lacks Karpathy's fields", build)
 
 
-@pytest.mark.parametrize("name, keep", [
-    ("1001_abc.jpg", -100),  # an RGB JPEG, stored as-is: only its scan data is cut
-    ("1001_abc.jpg", 200),  # cut inside the headers
-    ("1004_abc.jpg", -100),  # a PNG under a .jpg name, re-encoded
+@pytest.mark.parametrize("name, keep, zeros", [
+    ("1001_abc.jpg", -100, False),  # an RGB JPEG, stored as-is: only its scan data is cut
+    ("1001_abc.jpg", -2, False),  # only the end-of-image marker is cut
+    ("1001_abc.jpg", -100, True),  # a download that stopped in a preallocated, zeroed file
+    ("1001_abc.jpg", 200, False),  # cut inside the headers
+    ("1004_abc.jpg", -100, False),  # a PNG under a .jpg name, re-encoded
 ])
-def test_truncated_image_fails_the_prepare_naming_the_file(tmp_path, name, keep):
+def test_truncated_image_fails_the_prepare_naming_the_file(tmp_path, name, keep, zeros):
     manual, data_dir = tmp_path / "manual", tmp_path / "data"
     _write_flickr8k(manual)
     image = manual / "flickr8k" / name
     intact = image.read_bytes()
-    image.write_bytes(intact[:keep])
+    image.write_bytes(intact[:keep] + bytes(len(intact[keep:]) if zeros else 0))
     message = _data_error(image, "does not decode", karpathy.prepare, "flickr8k",
                           manual_dir=manual, data_dir=data_dir)
     assert "truncated or damaged: replace it with an intact copy" in message
@@ -242,6 +244,18 @@ def test_truncated_image_fails_the_prepare_naming_the_file(tmp_path, name, keep)
     image.write_bytes(intact)
     karpathy.prepare("flickr8k", manual_dir=manual, data_dir=data_dir)
     assert TfdsSource("karpathy/flickr8k", "train", data_dir=data_dir).num_images == 3
+
+
+def test_bytes_after_a_complete_jpeg_are_kept(tmp_path):
+    manual, data_dir = tmp_path / "manual", tmp_path / "data"
+    _write_flickr8k(manual)
+    image = manual / "flickr8k" / "1001_abc.jpg"  # test image 0
+    with Image.open(image) as original:
+        pixels = np.asarray(original)
+    image.write_bytes(image.read_bytes() + b"camera trailer")  # decodes: not a damaged file
+    karpathy.prepare("flickr8k", manual_dir=manual, data_dir=data_dir)
+    src = TfdsSource("karpathy/flickr8k", "test", data_dir=data_dir)
+    np.testing.assert_array_equal(src.image(0)["image"], pixels)
 
 
 def test_a_damaged_image_already_prepared_names_the_example(tmp_path, monkeypatch):

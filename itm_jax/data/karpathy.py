@@ -41,9 +41,9 @@ call ``tf.image.encode_jpeg`` only for NumPy arrays) and ``file_format="array_re
 ``tf.io`` writer, so TensorFlow is never imported.
 
 Bad manual files stop the build with a :class:`~itm_jax.errors.DataError` naming the file and
-the fix: a missing or unparsable JSON, missing images, and images that do not decode. Every
-image is decoded once while preparing (TFDS stores the bytes without reading them), so a JPEG
-cut short is reported here, not by a training run.
+the fix: a missing or unparsable JSON, missing images, and images cut short or otherwise
+undecodable (see ``_jpeg_bytes``), which are reported here rather than by a training run. The
+check costs nothing for a complete JPEG, the common case; other files are decoded once.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ Put Karpathy's split files and the images in one folder (pass it as `manual_dir`
   <manual_dir>/flickr8k/*.jpg
       {_IMAGE_SOURCES["flickr8k"]}
 
-Only the JSON and image folder of the config being built are needed. Preparing decodes every
-image once, so a truncated or damaged file is reported by name.
+Only the JSON and image folder of the config being built are needed. Preparing checks every
+image, so a truncated or damaged file is reported by name.
 """
 
 _CITATION = """\
@@ -99,6 +99,7 @@ _CITATION = """\
 }
 """
 
+_JPEG_END = b"\xff\xd9"  # the EOI marker that ends every complete JPEG
 _DESCRIPTION = "COCO / Flickr30K / Flickr8K with Karpathy's splits, one example per image."
 _SPLITS = ("train", "val", "test")
 
@@ -263,18 +264,18 @@ def _jpeg_bytes(path: epath.Path, source: str) -> bytes:
     """The file's bytes if it is an RGB JPEG, else the image re-encoded as RGB JPEG.
 
     Re-encoding grayscale/CMYK/PNG files up front means every stored image decodes to
-    ``[H, W, 3]`` with any JPEG decoder. Every image is decoded here, because TFDS stores the
-    bytes unread: a file cut short would otherwise fail only when training reads it.
-    ``source`` says where intact copies come from.
+    ``[H, W, 3]`` with any JPEG decoder. TFDS stores the bytes unread, so a file cut short is
+    caught here or else only when training reads it: an RGB JPEG is stored as-is when it ends
+    with the end-of-image marker, which a cut removes (coded data never holds ``FF D9``; a
+    cut in the metadata before it fails ``Image.open``); any other file is decoded, and PIL
+    fails on data that ends early. ``source`` says where intact copies come from.
     """
     data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format == "JPEG" and image.mode == "RGB":
-                # Decoding at 1/8 scale still entropy-decodes the whole scan (so truncation
-                # is caught) but skips most of the IDCT: about a third faster than full size.
-                image.draft("RGB", (1, 1))
-                image.load()
+                if not data.endswith(_JPEG_END):  # cut short, or bytes after the image
+                    image.load()
                 return data
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, format="JPEG", quality=95, subsampling=0)
