@@ -93,7 +93,7 @@ def get_sources(cfg: Mapping[str, Any]) -> dict[str, CaptionedSource]:
                 f"data.test_split={test!r} is not a precomp test split: pass "
                 "--config.data.test_split=test (COCO 1K, Flickr30K) or testall (COCO 5K)."
             )
-        data_dir = _data_dir(cfg, "{train,dev,test}_ims.npy and _caps.txt")
+        data_dir = _data_dir(cfg, "<split>_ims.npy and <split>_caps.txt")
         names = {"train": "train", "val": "dev", "test": test}
         return {s: PrecompSource(data_dir, names[s]) for s in SPLITS}
     if name.startswith("karpathy/") or name == "coco_captions":
