@@ -1,4 +1,4 @@
-"""AOQ mining (both directions' top-h lists): itm_jax.mining against NumPy, faiss and a matmul.
+"""AOQ mining (both directions' top-h lists): itm_jax.aoq.kernel against NumPy, faiss and a matmul.
 
     .venv/bin/python benchmarks/mining_bench.py            # 5000 images x 25000 captions, D=1024
     .venv/bin/python benchmarks/mining_bench.py --quick    # 2000 x 10000, D=512
@@ -7,7 +7,7 @@ Random L2-normalised float32 embeddings, 5 consecutive captions per image; each 
 H_t=300 captions and each caption's top H_i=60 images, positives excluded. Timed in one run,
 each method's best of ``--repeats``, the repeats interleaved (the machine may be shared):
 
-- ours: ``mining.mine_arrays`` (backend "jax", ``--block_size`` rows per block), on one XLA CPU
+- ours: ``kernel.mine_arrays`` (backend "jax", ``--block_size`` rows per block), on one XLA CPU
   device and on one device per core (``--devices``; this script sets
   ``--xla_force_host_platform_device_count`` before JAX starts), as the blocks would run on an
   accelerator host's devices; the faster of the two is "ours" (other processes on a shared
@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from itm_jax import mining  # noqa: E402
+from itm_jax.aoq import kernel  # noqa: E402
 
 CAPS = 5
 H_T, H_I = 300, 60
@@ -156,7 +156,7 @@ def main():
 
     def ours(devices):
         def run():
-            r = mining.mine_arrays(img, cap, cap_to_img, h_t=H_T, h_i=H_I,
+            r = kernel.mine_arrays(img, cap, cap_to_img, h_t=H_T, h_i=H_I,
                                    block_size=args.block_size, devices=devices)
             results["ours"] = (r.i2t, r.i2t_scores, r.t2i, r.t2i_scores)
         return run
