@@ -17,8 +17,10 @@ Model outputs (a mapping; a loss only reads the keys it needs):
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +41,42 @@ _ARGUMENTS = {
     "instance_loss": ("img_logits", "txt_logits", "labels"),
     "aoq_loss": ("scores", "s_i_toff", "s_ioff_t", "s_ioff_toff", "s_itilde_ttilde"),
 }
+
+
+# Loss families whose terms read more than the batch pairs: the factory (``module:function``,
+# imported only when a config uses the loss, so losses stay pure array functions) returns the
+# family's ``BatchExtra`` for a run config, or None when this config needs nothing extra.
+_EXTRAS = {"aoq_loss": "itm_jax.aoq.extra:from_config"}
+
+
+class BatchExtra(Protocol):
+    """Extra training-batch items a loss family needs, and the model outputs made from them.
+
+    The data pipeline adds ``keys`` to every training example (``random_map``), the train step
+    passes them to the model, and ``outputs`` (traced inside the step) turns them into outputs
+    the family's losses read. The trainer only sees this interface.
+    """
+
+    keys: tuple[str, ...]
+
+    def random_map(self, tokenize, transform) -> Any:
+        """A ``grain.transforms.RandomMap`` adding ``keys`` to a training example."""
+
+    def outputs(self, model, batch: Mapping[str, jax.Array],
+                out: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Extra model outputs from the batch's extra items (``out``: the outputs so far)."""
+
+
+def batch_extras(config, train_source) -> list[BatchExtra]:
+    """The ``BatchExtra`` of every loss family of ``config.losses`` that declares one."""
+    extras = []
+    for name in dict.fromkeys(_name(spec) for spec in config.losses):
+        if name in _EXTRAS:
+            module, function = _EXTRAS[name].split(":")
+            extra = getattr(importlib.import_module(module), function)(config, train_source)
+            if extra is not None:
+                extras.append(extra)
+    return extras
 
 
 def outputs_from_features(

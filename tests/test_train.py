@@ -11,7 +11,11 @@ import numpy as np
 import optax
 import pytest
 
-from itm_jax import train
+from itm_jax.errors import RunError
+from itm_jax.experiment import Experiment
+from itm_jax.training import loop, optim
+from itm_jax.training.metric_writer import MetricWriter
+from itm_jax.training.step import TrainState, train_step
 from train_utils import ROOT, assert_same_params, flat_params, load_config
 
 LOSSES = {
@@ -25,6 +29,10 @@ LOSSES = {
 def _cache(tmp_path_factory, monkeypatch):
     # One synthetic cache for the session: generating it is the slow part of a smoke run.
     monkeypatch.setenv("ITM_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _train(config, workdir):
+    return loop.train(Experiment(config, workdir))
 
 
 def _config(steps=3, devices=1, losses="mh", **overrides):
@@ -41,70 +49,70 @@ def _config(steps=3, devices=1, losses="mh", **overrides):
 
 @pytest.mark.parametrize("losses", sorted(LOSSES))
 def test_four_devices_match_one(tmp_path, losses):
-    one = train.Trainer(_config(devices=1, losses=losses), tmp_path / "one").train()
-    four = train.Trainer(_config(devices=4, losses=losses), tmp_path / "four").train()
+    one = _train(_config(devices=1, losses=losses), tmp_path / "one")
+    four = _train(_config(devices=4, losses=losses), tmp_path / "four")
     assert int(four.step) == 3
     assert next(iter(jax.tree.leaves(four.params))).sharding.num_devices == 4
     assert_same_params(one, four)
     # The run moved the parameters (a test of nothing would pass too).
-    init = train.Trainer(_config(steps=0, devices=1, losses=losses), tmp_path / "zero")
-    init_params = flat_params(init.init_state(init.stages[0], train.make_optimizer(
-        init.config, init.stages[0], init.spe, init._split(init.stages[0], train=True)[1])[0]))
+    init = Experiment(_config(steps=0, devices=1, losses=losses), tmp_path / "zero")
+    init_params = flat_params(loop.fresh_state(init, init.stages[0], optim.make_optimizer(
+        init.config, init.stages[0], init.spe, init.split(init.stages[0], train=True)[1])[0]))
     moved = [np.abs(v - init_params[k]).max() for k, v in flat_params(one).items()]
     assert max(moved) > 1e-5
 
 
 def test_resume_continues_the_same_run(tmp_path):
-    full = train.Trainer(_config(steps=6), tmp_path / "full").train()
-    train.Trainer(_config(steps=3, checkpoint_every=3), tmp_path / "resumed").train()
+    full = _train(_config(steps=6), tmp_path / "full")
+    _train(_config(steps=3, checkpoint_every=3), tmp_path / "resumed")
     # A kill during the write of a later checkpoint leaves only orbax's temporary directory.
     partial = tmp_path / "resumed" / "checkpoints" / "5.orbax-checkpoint-tmp-1700000000"
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "_METADATA").write_text("{trunc")
-    resumed_trainer = train.Trainer(_config(steps=6, checkpoint_every=3), tmp_path / "resumed")
-    assert resumed_trainer.ckpt.latest_step() == 3
-    resumed = resumed_trainer.train()
+    resumed_exp = Experiment(_config(steps=6, checkpoint_every=3), tmp_path / "resumed")
+    assert resumed_exp.checkpoints.latest_step() == 3
+    resumed = loop.train(resumed_exp)
     assert int(resumed.step) == 6
     assert_same_params(full, resumed, rtol=1e-6, atol=1e-7)
 
 
 def test_resume_on_another_device_count(tmp_path):
-    one = train.Trainer(_config(steps=4), tmp_path / "one").train()
-    train.Trainer(_config(steps=2, devices=4, checkpoint_every=2), tmp_path / "moved").train()
-    moved = train.Trainer(_config(steps=4, devices=1), tmp_path / "moved").train()
+    one = _train(_config(steps=4), tmp_path / "one")
+    _train(_config(steps=2, devices=4, checkpoint_every=2), tmp_path / "moved")
+    moved = _train(_config(steps=4, devices=1), tmp_path / "moved")
     assert next(iter(jax.tree.leaves(moved.params))).sharding.num_devices == 1
     assert_same_params(one, moved)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    train.Trainer(_config(steps=2, checkpoint_every=2), tmp_path).train()
+    _train(_config(steps=2, checkpoint_every=2), tmp_path)
     c = _config(steps=4, checkpoint_every=1)
     c.losses = [{"name": "max_of_hinges", "margin": float("nan")}]
-    trainer = train.Trainer(c, tmp_path)
-    with pytest.raises(FloatingPointError, match="Non-finite loss at step 3"):
-        trainer.train()
-    assert trainer.ckpt.latest_step() == 2
-    good = train.Trainer(_config(steps=2), tmp_path)
+    exp = Experiment(c, tmp_path)
+    with pytest.raises(loop.NonFiniteLoss, match="Non-finite loss at step 3"):
+        loop.train(exp)
+    assert exp.checkpoints.latest_step() == 2
+    good = Experiment(_config(steps=2), tmp_path)
     stage = good.stages[0]
-    tx, _ = train.make_optimizer(good.config, stage, good.spe, good._split(stage, train=True)[1])
-    restored = good.ckpt.restore(2, good.init_state(stage, tx), iter(good.loader()))
+    tx, _ = optim.make_optimizer(good.config, stage, good.spe, good.split(stage, train=True)[1])
+    restored = good.checkpoints.restore(2, loop.fresh_state(good, stage, tx), iter(good.loader()))
     assert all(np.isfinite(v).all() for v in flat_params(restored).values())
 
 
 def test_a_non_finite_step_returns_its_input_state(tmp_path):
     # The guard inside the step: a NaN loss leaves parameters, Adam moments and the step count
     # as they were; a finite loss changes every one of them.
-    trainer = train.Trainer(_config(), tmp_path)
-    stage = trainer.stages[0]
-    graphdef, params, _ = trainer._split(stage, train=True)
-    tx, _ = train.make_optimizer(trainer.config, stage, trainer.spe, params)
-    batch = trainer.global_batch(next(iter(trainer.loader())))
-    before = jax.device_get(trainer.init_state(stage, tx))
+    exp = Experiment(_config(), tmp_path)
+    stage = exp.stages[0]
+    graphdef, params, _ = exp.split(stage, train=True)
+    tx, _ = optim.make_optimizer(exp.config, stage, exp.spe, params)
+    batch = exp.global_batch(next(iter(exp.loader())))
+    before = jax.device_get(loop.fresh_state(exp, stage, tx))
     for margin, finite in ((float("nan"), False), (0.2, True)):
         step = jax.jit(functools.partial(
-            train.train_step, graphdef=graphdef, tx=tx, use_id_positives=True,
+            train_step, graphdef=graphdef, tx=tx, use_id_positives=True,
             losses=({"name": "max_of_hinges", "weight": 1.0, "margin": margin},)))
-        after, metrics, ok = jax.device_get(step(trainer.init_state(stage, tx), batch))
+        after, metrics, ok = jax.device_get(step(loop.fresh_state(exp, stage, tx), batch))
         assert bool(ok) == finite == bool(np.isfinite(metrics["loss"]))
         assert int(after.step) == int(before.step) + finite
         for part in ("params", "opt_state"):
@@ -121,18 +129,18 @@ def test_stages_switch_weights_and_freeze(tmp_path):
         {"steps": 2, "freeze": "text_encoder"},
         {"steps": 2, "learning_rate": 1e-3, "loss_weights": {"sum_of_hinges": 0.5}},
     ]
-    trainer = train.Trainer(c, tmp_path)
-    s0, s1 = trainer.stages
+    exp = Experiment(c, tmp_path)
+    s0, s1 = exp.stages
     assert (s0.start, s0.end, s1.start, s1.end) == (0, 2, 2, 4)
     assert [l["name"] for l in s0.losses] == ["max_of_hinges"]
     assert [(l["name"], l["weight"]) for l in s1.losses] == [("max_of_hinges", 1.0),
                                                              ("sum_of_hinges", 0.5)]
-    _, params, _ = trainer._split(s0, train=True)
-    before = flat_params(train.TrainState(0, params, None, None))
-    tx, _ = train.make_optimizer(c, s0, trainer.spe, params)
-    after = trainer._run_stage(s0, trainer.init_state(s0, tx), iter(trainer.loader()),
-                               trainer._split(s0, train=True)[0], tx, lambda s: 0.0,
-                               train.MetricWriter(tmp_path, enabled=False))
+    _, params, _ = exp.split(s0, train=True)
+    before = flat_params(TrainState(0, params, None, None))
+    tx, _ = optim.make_optimizer(c, s0, exp.spe, params)
+    after = loop._run_stage(exp, s0, loop.fresh_state(exp, s0, tx), iter(exp.loader()), tx,
+                            lambda s: 0.0, MetricWriter(tmp_path, enabled=False),
+                            loop.StopRequest())
     after = flat_params(after)
     text = [k for k in before if "text_encoder" in k]
     image = [k for k in before if "image_encoder" in k]
@@ -140,10 +148,10 @@ def test_stages_switch_weights_and_freeze(tmp_path):
     assert all(np.array_equal(before[k], after[k]) for k in text)
     assert any(not np.array_equal(before[k], after[k]) for k in image)
     # Both stages end to end: a new optimiser on the trained weights at the boundary.
-    assert int(train.Trainer(c, tmp_path / "both").train().step) == 4
+    assert int(_train(c, tmp_path / "both").step) == 4
     with pytest.raises(ValueError, match="unknown losses"):
         c.stages[1]["loss_weights"] = {"cmpm": 1.0}
-        train.make_stages(c, 10)
+        optim.make_stages(c, 10)
 
 
 def _main(tmp_path, *overrides):
@@ -161,13 +169,13 @@ def test_cli_override_reaches_the_loss_and_typos_fail(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     config = json.loads((tmp_path / "ok" / "config.json").read_text())
     assert config["losses"][0]["margin"] == 0.5
-    stage = train.make_stages(load_config().__class__(config), 10)[0]
+    stage = optim.make_stages(load_config().__class__(config), 10)[0]
     assert stage.losses[0]["margin"] == 0.5
     # itm-eval restores the best weights and reproduces the run's test numbers.
-    from itm_jax.evaluate import evaluate_run
+    from itm_jax.run import load_run
 
     tested = json.loads((tmp_path / "ok" / "test_metrics.json").read_text())
-    assert evaluate_run(tmp_path / "ok") == pytest.approx(tested)
+    assert load_run(tmp_path / "ok").evaluate("test") == pytest.approx(tested)
     bad = _main(tmp_path / "bad", "--config.losses.0.margn=0.5")
     assert bad.returncode != 0
     assert "margn" in bad.stderr and "margin" in bad.stderr
@@ -180,18 +188,18 @@ def test_word_vectors_and_pretrained_from_config(tmp_path):
     glove = tmp_path / "glove.txt"
     glove.write_text("".join(f"{w} {' '.join(map(str, v))}\n" for w, v in zip(words, vectors)))
     c.data.word_vectors = str(glove)
-    trainer = train.Trainer(c, tmp_path / "run")
-    table = np.asarray(trainer.model.text_encoder.embed.embedding[...])
+    exp = Experiment(c, tmp_path / "run")
+    table = np.asarray(exp.model.text_encoder.embed.embedding[...])
     for word, vector in zip(words, vectors):
-        np.testing.assert_array_equal(table[trainer.vocab.id(word)], vector)
+        np.testing.assert_array_equal(table[exp.vocab.id(word)], vector)
     c.model.pretrained = str(tmp_path / "resnet50.npz")
     with pytest.raises(ValueError, match="needs a CNN image encoder"):
-        train.Trainer(c, tmp_path / "run2")
+        Experiment(c, tmp_path / "run2")
 
 
 def _one_update(config, params, grads, steps=1):
-    stage = train.make_stages(config, 10)[0]
-    tx, _ = train.make_optimizer(config, stage, 10, params)
+    stage = optim.make_stages(config, 10)[0]
+    tx, _ = optim.make_optimizer(config, stage, 10, params)
     """The summed updates of ``steps`` steps with constant ``grads``."""
     params, grads = (jax.tree.map(lambda x: np.asarray(x, np.float32), t) for t in (params, grads))
     state, total = tx.init(params), jax.tree.map(np.zeros_like, params)
@@ -243,14 +251,14 @@ def test_nesterov_and_clipping_act_on_the_applied_gradients():
 def test_init_from_copies_a_base_run_and_leaves_new_heads_fresh(tmp_path):
     base = _config(steps=3)
     base.eval_every = 3
-    train.Trainer(base, tmp_path / "base").train()
-    stored = train.Trainer(base, tmp_path / "base").best_weights()[0]
+    _train(base, tmp_path / "base")
+    stored = Experiment(base, tmp_path / "base").weights("best")[0]
     c = _config(steps=1)
     c.model.convse_head = True
     c.optim.learning_rate = 0.0  # the one step must not move the copied weights
     c.init_from = str(tmp_path / "base")
-    got = flat_params(train.Trainer(c, tmp_path / "heads").train())
-    want = flat_params(train.TrainState(0, stored, None, None))
+    got = flat_params(_train(c, tmp_path / "heads"))
+    want = flat_params(TrainState(0, stored, None, None))
     heads = [k for k in got if "head" in k]
     assert heads and not any("head" in k for k in want)
     for k, v in want.items():
@@ -258,5 +266,5 @@ def test_init_from_copies_a_base_run_and_leaves_new_heads_fresh(tmp_path):
     assert (tmp_path / "heads" / "vocab.json").read_text() == \
         (tmp_path / "base" / "vocab.json").read_text()
     c.init_from = str(tmp_path / "nothing")
-    with pytest.raises(FileNotFoundError, match="No checkpoint"):
-        train.Trainer(c, tmp_path / "other").train()
+    with pytest.raises(RunError, match="No checkpoint"):
+        _train(c, tmp_path / "other")

@@ -328,3 +328,37 @@ def _over_blocks(fn, carry, cap, c2i, block):
         carry, y_tail = fn(carry, cap[n_full * block :], c2i[n_full * block :])
         ys.append(y_tail)
     return carry, jnp.concatenate(ys)
+
+
+def protocol_metrics(img, cap, cap_to_img, protocol: str, *,
+                     image_labels=None) -> dict[str, float]:
+    """Test metrics of a dataset's protocol.
+
+    ``all``: every image and caption at once (Flickr30K 1K, validation). ``coco``: the 5-fold
+    1K average (``1k/...``) and the full 5K set (``5k/...``). ``t2i``: text-to-image only
+    (CUHK-PEDES reports R@1/R@10 of caption queries); with ``image_labels`` (int ``[N]``, the
+    source's per-image identities) any image of the caption's person is a hit, as the PEDES
+    protocol counts. The other protocols ignore ``image_labels``.
+    """
+    if protocol == "all":
+        return recall_metrics(img, cap, cap_to_img=cap_to_img)
+    if protocol == "coco":
+        folds = coco_1k_5fold(img, cap)
+        full = recall_metrics(img, cap, cap_to_img=cap_to_img)
+        return {**{f"1k/{k}": v for k, v in folds.items()}, **{f"5k/{k}": v for k, v in full.items()},
+                "rsum": folds["rsum"]}
+    if protocol == "t2i":
+        ranks = t2i(img, cap, cap_to_img=cap_to_img, image_labels=image_labels)
+        return {f"t2i_{k}": float(v) for k, v in ranks.items() if k != "ranks"} | {
+            "rsum": ranks["r1"] + ranks["r5"] + ranks["r10"]}
+    raise ValueError(f"Unknown eval_protocol={protocol!r}; valid: all, coco, t2i.")
+
+
+def split_metrics(exp, img: np.ndarray, cap: np.ndarray, split: str) -> dict[str, float]:
+    """Metrics of a split's embeddings: the config's protocol on test, ``all`` otherwise
+    (``exp``: an ``itm_jax.experiment.Experiment``)."""
+    src = exp.sources[split]
+    protocol = exp.config.eval_protocol if split == "test" else "all"
+    # Person identities where the source has them (CUHK-PEDES), for the t2i protocol.
+    return protocol_metrics(img, cap, src.cap_to_img, protocol,
+                            image_labels=getattr(src, "labels", None))

@@ -2,12 +2,17 @@
 
 Only process 0 writes: on a pod every process computes the same replicated metrics. TensorBoard
 files come from tensorboardX so the training process never imports TensorFlow.
+
+A resumed run redoes the steps after its checkpoint; ``resume_step`` drops the records those
+steps wrote before the interruption (and TensorBoard purges their events), so the log of a
+resumed run holds each ``(step, kind)`` record once, as an uninterrupted run's does.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -21,10 +26,13 @@ class MetricWriter:
 
     Args:
       workdir: run directory; event files go to ``workdir/tensorboard``.
+      resume_step: the step the run (re)starts from: training and validation records after it
+        and every test record are dropped first. None keeps everything (appends).
       enabled: whether this process writes (default: ``jax.process_index() == 0``).
     """
 
-    def __init__(self, workdir: str | pathlib.Path, *, enabled: bool | None = None):
+    def __init__(self, workdir: str | pathlib.Path, *, resume_step: int | None = None,
+                 enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._jsonl = self._tb = None
         if self.enabled:
@@ -32,8 +40,17 @@ class MetricWriter:
 
             workdir = pathlib.Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
-            self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=10)
+            path = workdir / "metrics.jsonl"
+            if resume_step is not None and path.exists():
+                kept = [r for r in read_metrics(workdir)
+                        if r["step"] <= resume_step and record_kind(r) != "test"]
+                tmp = path.with_suffix(".jsonl.tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                os.replace(tmp, path)
+            self._jsonl = open(path, "a", buffering=1)
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=10,
+                                     purge_step=purge)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -62,6 +79,14 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def record_kind(record: Mapping) -> str:
+    """``"test"``, ``"val"`` or ``"train"``: which evaluation (or the training step) wrote it."""
+    for kind in ("test", "val"):
+        if any(k.startswith(f"{kind}/") for k in record):
+            return kind
+    return "train"
 
 
 class Progress:

@@ -12,8 +12,8 @@ encoder (``configs/default.py``: precomp projection + GRU, 256-d), optimiser and
     aoq       AOQ round 2, adaptive (Eq. 5), on negatives mined from the mh model by itm-mine
 
 Hardest-negative losses (mh, imc, convse++, aoq) spend their first epoch on sum of hinges, as
-``configs/default.py`` explains. Every step is the ordinary command line (``itm_jax.main``,
-``itm_jax.mine``), run as a subprocess; ``--lanes`` of them at a time, each pinned to its own
+``configs/default.py`` explains. Every step is the ordinary command line (``itm-train``,
+``itm-mine``), run as a subprocess; ``--lanes`` of them at a time, each pinned to its own
 share of the CPU cores (the GRU's matmuls are too small to share cores well, and unpinned runs
 oversubscribe them with their thread pools: on 2 cores two unpinned runs did 4.2 steps/s each).
 Runs live in ``WORKDIR/<loss>`` (``<loss>-seed<s>`` for further seeds), so a re-run skips
@@ -21,7 +21,7 @@ finished runs and ``itm-eval`` works on each; they share one JAX compilation cac
 ``WORKDIR/results.{md,csv}`` (test split, best-validation checkpoints; mean and standard
 deviation over seeds) and the retrieval report ``WORKDIR/report.html``.
 
-    python -m itm_jax.demo --workdir=workdir/demo [--seeds=3] [--epochs=12] [--losses=sh,mh]
+    python -m itm_jax.cli.demo --workdir=workdir/demo [--seeds=3] [--epochs=12] [--losses=sh,mh]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ TITLES = {
     "aoq": "AOQ round 2, adaptive",
 }
 COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "val_rsum")
-ROOT = pathlib.Path(__file__).resolve().parents[1]  # configs/ lives next to the package
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # configs/ lives next to the package
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "Directory of the runs and results.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per loss (the table gives mean and std).")
@@ -113,10 +113,10 @@ def train(workdir: pathlib.Path, loss: str, seed: int, epochs: int, *extra: str)
     if done.exists():
         return json.loads(done.read_text())
     start = time.perf_counter()
-    command(directory.name, ["itm_jax.main", *overrides(loss, seed, epochs),
+    command(directory.name, ["itm_jax.cli.train", *overrides(loss, seed, epochs),
                              f"--workdir={directory}", *extra],
             directory / "demo.log")
-    from itm_jax.metric_writer import read_metrics
+    from itm_jax.training.metric_writer import read_metrics
 
     val = [r["val/rsum"] for r in read_metrics(directory) if "val/rsum" in r]
     result = {**json.loads((directory / "test_metrics.json").read_text()),
@@ -132,7 +132,7 @@ def aoq_chain(workdir, seed, epochs, with_aoq) -> dict[str, dict]:
         teacher = run_dir(workdir, "mh", seed)
         if (run_dir(workdir, "aoq", seed) / "demo_result.json").exists():
             return {**out, "aoq": train(workdir, "aoq", seed, epochs)}
-        command(f"{teacher.name}/mining", ["itm_jax.mine", *overrides("mh", seed, epochs),
+        command(f"{teacher.name}/mining", ["itm_jax.cli.mine", *overrides("mh", seed, epochs),
                                             f"--workdir={teacher}"],
                 teacher / "mining.log")
         out["aoq"] = train(workdir, "aoq", seed, epochs,
@@ -143,13 +143,12 @@ def aoq_chain(workdir, seed, epochs, with_aoq) -> dict[str, dict]:
 def untrained(workdir: pathlib.Path) -> dict:
     """Metrics of the randomly initialised model: the floor every loss must beat."""
     from configs import default
-    from itm_jax.train import Trainer
+    from itm_jax.experiment import Experiment
+    from itm_jax.run import Run
 
-    trainer = Trainer(default.get_config("smoke" if _SMOKE.value else None),
-                      workdir / "untrained")
-    params, rest = trainer.initial_weights()
-    return {**trainer.evaluate(params, rest, "test"),
-            "val_rsum": trainer.evaluate(params, rest, "val")["rsum"], "seconds": 0.0}
+    exp = Experiment(default.get_config("smoke" if _SMOKE.value else None), workdir / "untrained")
+    run = Run(exp, *exp.weights("initial"))
+    return {**run.evaluate("test"), "val_rsum": run.evaluate("val")["rsum"], "seconds": 0.0}
 
 
 def run_all(workdir: pathlib.Path, losses, seeds: int, epochs: int, lanes: int):
@@ -215,7 +214,7 @@ def main(argv) -> None:
     md, csv_text = table(results)
     (workdir / "results.md").write_text(md)
     (workdir / "results.csv").write_text(csv_text)
-    from itm_jax.report import write_report
+    from itm_jax.evaluation.report import write_report
 
     report = write_report(workdir).path
     print(f"\nTest split of the synthetic data (best-validation checkpoints, {epochs} "

@@ -5,8 +5,8 @@
 or, from Python, ``write_report(workdir)``. The workdir is either one itm-train run (it holds
 ``config.json``) or a directory whose subdirectories are runs (``workdir/<name>/config.json``,
 e.g. an ablation); the report covers every run. Each run's best checkpoint is evaluated on the
-split as ``itm-eval`` does (``itm_jax.evaluate.evaluate_best``, which also writes
-``<run>/<split>_metrics.json``). The page, ``workdir/report.html``, is one self-contained
+split as ``itm-eval`` does (``itm_jax.run.load_run``; the metrics are also written to
+``<run>/eval/<split>_metrics.json``). The page, ``workdir/report.html``, is one self-contained
 file: images are base64 data URIs and plots inline SVG; it loads nothing and runs no script.
 
 Contents:
@@ -37,8 +37,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from itm_jax import evaluation
-from itm_jax.metric_writer import read_metrics
+from itm_jax.errors import DataError, RunError
+from itm_jax.evaluation import metrics as evaluation
+from itm_jax.training import run_dir
+from itm_jax.training.metric_writer import read_metrics
 
 REPORT_FILENAME = "report.html"
 TOP_K = 5  # retrievals shown per example query
@@ -46,6 +48,15 @@ _THUMB_MAX = 160  # longest side of an embedded thumbnail, pixels (larger images
 _DISPLAY_PX = 88  # displayed thumbnail side (query images: 112), as in _CSS
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
             "#7f7f7f", "#bcbd22", "#17becf")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Embedded:
+    """A run's experiment and its ``[N, D]`` / ``[M, D]`` embeddings of the split."""
+
+    exp: object
+    img: np.ndarray
+    cap: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,12 +105,12 @@ def find_runs(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
     that are runs, sorted by name. A run is a directory holding itm-train's ``config.json``."""
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
-        raise FileNotFoundError(f"Workdir {workdir} does not exist; pass an itm-train --workdir.")
+        raise RunError(f"--workdir={workdir} does not exist: pass an itm-train --workdir.")
     if (workdir / "config.json").is_file():
         return {workdir.resolve().name: workdir}
     runs = {p.parent.name: p.parent for p in sorted(workdir.glob("*/config.json"))}
     if not runs:
-        raise FileNotFoundError(
+        raise RunError(
             f"No runs in {workdir}: it has no config.json and no subdirectory with one. Pass the "
             "--workdir of an itm-train run, or a directory of runs (DIR/<name>/config.json, one "
             "itm-train --workdir=DIR/<name> each).")
@@ -132,10 +143,10 @@ def top_k(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray,
 # ------------------------------------------------------------------------------ thumbnails
 
 
-def image_lookup(trainer, split: str) -> tuple[Callable[[int], np.ndarray] | None, str]:
-    """``(image_of, note)``: ``image_of(i)`` is image ``i`` of ``trainer.sources[split]`` as
+def image_lookup(exp, split: str) -> tuple[Callable[[int], np.ndarray] | None, str]:
+    """``(image_of, note)``: ``image_of(i)`` is image ``i`` of ``exp.sources[split]`` as
     uint8 ``[H, W, 3]``, or ``None`` (with the reason in ``note``) when the data has no pixels."""
-    data, source = trainer.config.data, trainer.sources[split]
+    data, source = exp.config.data, exp.sources[split]
     if data.name == "synthetic":
         from itm_jax.data.datasets import _synthetic_config
         from itm_jax.data.synthetic import synthetic_splits
@@ -148,7 +159,7 @@ def image_lookup(trainer, split: str) -> tuple[Callable[[int], np.ndarray] | Non
         probe = np.unique(np.linspace(0, source.num_captions - 1, 16).astype(int))
         same_caps = all(source.caption(int(j))["caption"] == scenes.captions[j] for j in probe)
         if not (same_ids and same_caps and scenes.num_images == source.num_images):
-            raise RuntimeError(
+            raise DataError(
                 f"The rendered synthetic {split} split does not match the cached features in "
                 f"{getattr(source, 'data_dir', '?')} (image ids or captions differ). Delete that "
                 "directory so the features are regenerated, then evaluate again.")
@@ -506,18 +517,21 @@ def write_report(
     Returns:
       A ``Report``: the page's path and each run's ``RunResult``.
     """
-    from itm_jax.evaluate import evaluate_best
+    from itm_jax.run import load_run
 
     workdir = pathlib.Path(workdir)
     runs = find_runs(workdir)
     if model is not None and model not in runs:
-        raise ValueError(f"report model {model!r} is not a run in {workdir}; runs: "
+        raise RunError(f"--report_model={model!r} is not a run in {workdir}; runs: "
                          f"{', '.join(runs)}.")
-    results, shown = [], None  # shown: (RunResult, Evaluation) of the examples' run
+    results, shown = [], None  # shown: (RunResult, _Embedded) of the examples' run
     for name, path in runs.items():
-        ev = evaluate_best(path, split)
-        c2i = ev.trainer.sources[split].cap_to_img
-        result = RunResult(name, path, ev.metrics,
+        loaded = load_run(path)
+        ev = _Embedded(loaded.experiment, *loaded.embed_split(split))
+        metrics = evaluation.split_metrics(ev.exp, ev.img, ev.cap, split)
+        run_dir.save_eval(path, split, metrics)
+        c2i = ev.exp.sources[split].cap_to_img
+        result = RunResult(name, path, metrics,
                            evaluation.i2t(ev.img, ev.cap, cap_to_img=c2i),
                            evaluation.t2i(ev.img, ev.cap, cap_to_img=c2i), read_metrics(path))
         results.append(result)
@@ -526,8 +540,8 @@ def write_report(
                 shown is None or score > shown[0].metrics.get("rsum", shown[0].rsum)):
             shown = (result, ev)  # only this run's embeddings stay in memory
     run, ev = shown
-    source = ev.trainer.sources[split]
-    image_of, note = image_lookup(ev.trainer, split)
+    source = ev.exp.sources[split]
+    image_of, note = image_lookup(ev.exp, split)
     thumbs = _Thumbs(image_of, source)
     rng = np.random.default_rng(seed)
     img_q = np.sort(rng.choice(source.num_images, min(num_examples, source.num_images),

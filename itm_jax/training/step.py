@@ -1,0 +1,73 @@
+"""The train state and one optimisation step, as pure functions of arrays.
+
+The step is jitted over a device ``Mesh`` by ``itm_jax.training.loop``: the batch is sharded
+along ``data``, parameters and optimiser state are replicated. The model embeds the local rows;
+the score matrix ``img @ txt.T`` inside the step is the *global* one (XLA gathers the columns),
+so every loss sees the same objective on 1 or 1000 devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from itm_jax.objective import BatchExtra, objective, outputs_from_features
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 []
+    params: Any  # nnx.State of nnx.Param
+    rest: Any  # nnx.State of everything else (BatchNorm statistics, RNG counters)
+    opt_state: Any
+
+
+def model_outputs(model, batch: Mapping[str, jax.Array], *, use_id_positives: bool,
+                  extras: Sequence[BatchExtra] = ()) -> dict[str, jax.Array]:
+    """The objective's inputs for one batch: scores, embeddings, features, logits, and the
+    outputs of the loss families' batch extras (``itm_jax.objective.batch_extras``)."""
+    out = model(batch)
+    out = outputs_from_features(
+        out.pop("img_feat"), out.pop("txt_feat"),
+        image_ids=batch["image_id"] if use_id_positives else None,
+        labels=batch.get("label"), **out,
+    )
+    for extra in extras:
+        out.update(extra.outputs(model, batch, out))
+    return out
+
+
+def train_step(state: TrainState, batch, *, graphdef, tx, losses, use_id_positives,
+               extras: Sequence[BatchExtra] = ()):
+    """One optimisation step; returns ``(state, metrics, finite)``.
+
+    A non-finite loss leaves ``state`` as it was (``finite`` is False); the loop stops the run.
+    """
+
+    def loss_fn(params):
+        # copy: BatchNorm statistics and RNG counters are updated inside this trace.
+        model = nnx.merge(graphdef, params, state.rest, copy=True)
+        outputs = model_outputs(model, batch, use_id_positives=use_id_positives, extras=extras)
+        total, terms = objective(outputs, losses)
+        return total, (terms, nnx.state(model, nnx.Not(nnx.Param)))
+
+    (loss, (terms, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    finite = jnp.isfinite(loss)
+
+    def update(state):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          rest=rest, opt_state=opt_state)
+
+    # A non-finite loss must not reach the parameters: keep the last good state. A cond rather
+    # than a select between the old and new states, which is one more pass over the parameters
+    # and both Adam moments every step.
+    new = jax.lax.cond(finite, update, lambda state: state, state)
+    metrics = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
+               "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(new.params)}
+    return new, metrics, finite
