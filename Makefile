@@ -22,7 +22,7 @@ chromium:
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 demo: $(VENV)/.installed
-	$(PY) -m itm_jax.demo --workdir=$(WORKDIR)
+	$(PY) -m itm_jax.cli.demo --workdir=$(WORKDIR)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/metrics_bench.py

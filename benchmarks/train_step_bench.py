@@ -15,8 +15,8 @@ run 5..32 tokens (mean ~14), padded to ``max_len`` 32. Eight different batches a
 
 Both sides compute the same step from the same initial weights (copied from ours into the
 PyTorch model) on the same batches:
-- ours: ``build_dual_encoder(config.model)`` and ``itm_jax.train.train_step`` jitted exactly as
-  ``Trainer._run_stage`` does (state sharded over the ``data`` mesh, donated); the optimiser
+- ours: ``build_dual_encoder(config.model)`` and ``itm_jax.training.step.train_step`` jitted exactly as
+  ``itm_jax.training.loop`` does (state sharded over the ``data`` mesh, donated); the optimiser
   from ``make_optimizer`` (clip_by_global_norm(2) -> Adam). The step also evaluates what the
   trainer always does: the id-based positives mask (image ids are distinct within a batch here,
   so it is the diagonal, as the authors'), grad/param norms and the non-finite guard.
@@ -77,8 +77,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from configs import aoq_round1_f30k  # noqa: E402
 from itm_jax import host_memory  # noqa: E402
-from itm_jax import train as T  # noqa: E402
+from itm_jax.experiment import make_mesh  # noqa: E402
 from itm_jax.models.dual_encoder import build_dual_encoder  # noqa: E402
+from itm_jax.training.optim import make_optimizer, make_stages  # noqa: E402
+from itm_jax.training.step import TrainState, train_step  # noqa: E402
 
 TARGET = 1.3
 NUM_BATCHES = 8
@@ -123,20 +125,20 @@ def torch_inputs(batch):
 
 # ----------------------------------------------------------------------------- ours
 def build_ours(config, *, vocab, image_dim, steps_per_epoch=226):
-    """Model, jitted step and initial state exactly as ``Trainer`` builds them."""
+    """Model, jitted step and initial state exactly as the training loop builds them."""
     model = build_dual_encoder(config.model, vocab_size=vocab, image_dim=image_dim,
                                rngs=nnx.Rngs(config.seed))
-    stage = T.make_stages(config, steps_per_epoch)[0]
-    mesh = T.make_mesh(config)
+    stage = make_stages(config, steps_per_epoch)[0]
+    mesh = make_mesh(config)
     repl, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx, _ = T.make_optimizer(config, stage, steps_per_epoch, params)
-    state = T.TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                         opt_state=tx.init(params))
+    tx, _ = make_optimizer(config, stage, steps_per_epoch, params)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                       opt_state=tx.init(params))
     state = jax.device_put(jax.tree.map(jnp.copy, state), repl)
     step_fn = jax.jit(
-        functools.partial(T.train_step, graphdef=graphdef, tx=tx, losses=stage.losses,
+        functools.partial(train_step, graphdef=graphdef, tx=tx, losses=stage.losses,
                           use_id_positives=config.use_id_positives),
         in_shardings=(repl, rows), out_shardings=(repl, repl, repl), donate_argnums=0,
     )

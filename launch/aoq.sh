@@ -28,9 +28,9 @@ py=$repo/.venv/bin/python
 cd "$repo"
 
 "$py" -m itm_jax.main --config="$round1" --workdir="$workdir/round1" "$@"
-"$py" -m itm_jax.mine --config="$round1" --workdir="$workdir/round1" "$@"
+"$py" -m itm_jax.cli.mine --config="$round1" --workdir="$workdir/round1" "$@"
 "$py" -m itm_jax.main --config="$round2" --workdir="$workdir/round2" \
   --config.aoq.mining_dir="$workdir/round1/mining" "$@"
 for round in round1 round2; do  # the best checkpoints' validation metrics, side by side
-  echo "$round $("$py" -m itm_jax.evaluate --workdir="$workdir/$round" --split=val)"
+  echo "$round $("$py" -m itm_jax.cli.eval --workdir="$workdir/$round" --split=val)"
 done

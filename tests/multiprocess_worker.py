@@ -29,12 +29,13 @@ if mode == "mine":
     job.mine(z["img"], z["cap"], _Source(z["cap_to_img"], z["ids"]), workdir, h_t=40, h_i=12,
              block_size=32, progress=False)
 else:
-    from itm_jax import train  # noqa: E402
+    from itm_jax.experiment import Experiment  # noqa: E402
+    from itm_jax.training import loop  # noqa: E402
     from train_utils import flat_params, load_config  # noqa: E402
 
     config = load_config()
     config.num_steps, config.eval_every, config.checkpoint_every = 3, 0, 3
     config.mesh.data = -1
-    state = train.Trainer(config, workdir).train()
+    state = loop.train(Experiment(config, workdir))
     if jax.process_index() == 0:
         np.savez(path, **flat_params(state))

@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 
-from itm_jax import train
-from itm_jax.metric_writer import read_metrics
-from itm_jax.mine import mine_run
+from itm_jax.aoq.teacher import mine_run
+from itm_jax.errors import UserError
+from itm_jax.experiment import Experiment
+from itm_jax.training import loop
+from itm_jax.training.metric_writer import read_metrics
+from itm_jax.training.step import model_outputs
 from itm_jax.similarity import l2_normalize
 from train_utils import load_config
 
@@ -14,7 +17,7 @@ from train_utils import load_config
 def round1(tmp_path_factory):
     root = tmp_path_factory.mktemp("aoq")
     c = load_config("default.py", "loss=mh,smoke")
-    train.Trainer(c, root / "round1").train()
+    loop.train(Experiment(c, root / "round1"))
     return c, root / "round1", mine_run(c, root / "round1", progress=False)
 
 
@@ -27,12 +30,12 @@ def round2_config(mining_dir, **aoq):
 
 def test_offline_scores_are_the_cosines_of_the_drawn_items(round1, tmp_path):
     _, _, mining_dir = round1
-    trainer = train.Trainer(round2_config(mining_dir), tmp_path)
+    trainer = Experiment(round2_config(mining_dir), tmp_path)
     batch = next(iter(trainer.loader()))
     model = trainer.model
     model.eval()
     g = trainer.global_batch(batch)
-    out = train.model_outputs(model, g, use_id_positives=True)
+    out = model_outputs(model, g, use_id_positives=True, extras=trainer.extras)
 
     def img(key):
         return np.asarray(l2_normalize(model.embed_images({"image_feat": g[key]})))
@@ -59,7 +62,7 @@ def test_offline_scores_are_the_cosines_of_the_drawn_items(round1, tmp_path):
 
 def test_round2_trains_on_the_mined_negatives(round1, tmp_path):
     _, _, mining_dir = round1
-    state = train.Trainer(round2_config(mining_dir), tmp_path).train()
+    state = loop.train(Experiment(round2_config(mining_dir), tmp_path))
     assert int(state.step) == 12
     rows = [r for r in read_metrics(tmp_path) if "loss/aoq_loss" in r]
     assert rows and all(np.isfinite(r["loss/aoq_loss"]) for r in rows)
@@ -68,13 +71,13 @@ def test_round2_trains_on_the_mined_negatives(round1, tmp_path):
 def test_offline_variants_need_mined_lists_and_matching_ones(round1, tmp_path):
     config, _, mining_dir = round1
     c = round2_config("")
-    with pytest.raises(ValueError, match="itm-mine"):
-        train.Trainer(c, tmp_path / "none")
+    with pytest.raises(UserError, match="itm-mine"):
+        Experiment(c, tmp_path / "none")
     c.losses[0].variant = "online"  # round 1's loss needs no lists
-    train.Trainer(c, tmp_path / "online")
+    Experiment(c, tmp_path / "online")
     other = round2_config(mining_dir)
     other.data.synthetic.num_train = 150  # another dataset than the one mined
-    with pytest.raises(ValueError, match="re-run itm-mine|another dataset"):
-        train.Trainer(other, tmp_path / "other")
-    with pytest.raises(ValueError, match="h_t"):
-        train.Trainer(round2_config(mining_dir, h_t=301), tmp_path / "long")
+    with pytest.raises(UserError, match="another dataset"):
+        Experiment(other, tmp_path / "other")
+    with pytest.raises(UserError, match="h_t"):
+        Experiment(round2_config(mining_dir, h_t=301), tmp_path / "long")

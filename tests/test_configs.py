@@ -26,7 +26,8 @@ from flax import nnx
 from ml_collections import config_flags
 
 from itm_jax import losses as L
-from itm_jax import train
+from itm_jax.experiment import Experiment
+from itm_jax.training import loop, optim
 from itm_jax.models.dual_encoder import build_dual_encoder
 from itm_jax.objective import objective, outputs_from_features, required_outputs
 
@@ -131,12 +132,12 @@ def test_default_schedule_follows_num_epochs(monkeypatch):
     for arg, epochs, warm in (("", 4, True), ("loss=sh", 4, False), ("loss=imc", 7, True),
                               ("no_warmup", 6, False)):
         c = load("default", arg, f"--config.num_epochs={epochs}", monkeypatch=monkeypatch)
-        stages = train.make_stages(c, spe)
+        stages = optim.make_stages(c, spe)
         assert [(s.start, s.end) for s in stages] == (
             [(0, spe), (spe, epochs * spe)] if warm else [(0, epochs * spe)])
         assert stages[0].losses[0]["name"] == (
             "sum_of_hinges" if warm or arg == "loss=sh" else "max_of_hinges")
-        decay_at = stages[-1].start + train.to_steps(c.optim, spe, prefix="lr_decay_")
+        decay_at = stages[-1].start + optim.to_steps(c.optim, spe, prefix="lr_decay_")
         assert decay_at == (epochs - 1) * spe
     with pytest.raises(flags.IllegalFlagValueError, match="no_warmup"):
         load("default", "warmup")
@@ -211,10 +212,10 @@ def documented_schedule(name):
 @pytest.mark.parametrize("name,arg", SPECS, ids=SPEC_IDS)
 def test_stages_match_docstring(name, arg):
     c, spe = load(name, arg), 100
-    stages = train.make_stages(c, spe)
+    stages = optim.make_stages(c, spe)
     documented = documented_schedule(name)
     assert len(stages) == len(documented)
-    decay_steps = train.to_steps(c.optim, spe, prefix="lr_decay_")
+    decay_steps = optim.to_steps(c.optim, spe, prefix="lr_decay_")
     start = 0
     for s, (epochs, lr, every, frozen) in zip(stages, documented):
         assert (s.start, s.end) == (start, start + round(epochs * spe))
@@ -242,11 +243,11 @@ def test_smoke_keeps_the_recipe_and_is_tiny(name, arg):
     assert bool(smoke.model.text_hidden) == bool(full.model.text_hidden)
     assert smoke.model.text_hidden <= 24 and smoke.model.text_cnn == "small"
     assert [dict(x) for x in smoke.losses] == [dict(x) for x in full.losses]
-    stages = train.make_stages(smoke, 100)
-    assert len(stages) == len(train.make_stages(full, 100))
+    stages = optim.make_stages(smoke, 100)
+    assert len(stages) == len(optim.make_stages(full, 100))
     assert [s.end - s.start for s in stages] == ([2] * len(stages) if smoke.stages else [3])
     assert [(s.learning_rate, s.freeze_backbone, s.losses) for s in stages] == [
-        (s.learning_rate, s.freeze_backbone, s.losses) for s in train.make_stages(full, 100)]
+        (s.learning_rate, s.freeze_backbone, s.losses) for s in optim.make_stages(full, 100)]
 
 
 # ----- models ----------------------------------------------------------------------------------
@@ -290,9 +291,9 @@ def _cache(tmp_path_factory):
 def test_smoke_trains(spec, tmp_path):
     name, _, arg = spec.partition(":")
     c = load(name, arg)
-    trainer = train.Trainer(c, tmp_path)
-    state = trainer.train()
-    assert int(state.step) == trainer.stages[-1].end
+    exp = Experiment(c, tmp_path)
+    state = loop.train(exp)
+    assert int(state.step) == exp.stages[-1].end
     assert (tmp_path / "checkpoints").is_dir()
 
 

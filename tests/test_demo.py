@@ -11,7 +11,7 @@ from train_utils import ROOT
 def test_demo_trains_mines_and_writes_the_table_and_report(tmp_path):
     env = {**os.environ, "XLA_FLAGS": ""}  # the runs are single-device subprocesses
     run = subprocess.run(
-        [sys.executable, "-m", "itm_jax.demo", f"--workdir={tmp_path}", "--smoke",
+        [sys.executable, "-m", "itm_jax.cli.demo", f"--workdir={tmp_path}", "--smoke",
          "--losses=sh,mh,aoq"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -27,7 +27,7 @@ def test_demo_trains_mines_and_writes_the_table_and_report(tmp_path):
     assert "<img" in (tmp_path / "report.html").read_text()
     # A second call finds every run finished and only rebuilds the table.
     again = subprocess.run(
-        [sys.executable, "-m", "itm_jax.demo", f"--workdir={tmp_path}", "--smoke",
+        [sys.executable, "-m", "itm_jax.cli.demo", f"--workdir={tmp_path}", "--smoke",
          "--losses=sh,mh,aoq"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "stage 0 step" not in again.stdout

@@ -60,10 +60,10 @@ def test_outputs(image, text, classifier, head, normalize):
 def test_objective_reads_the_outputs():
     model = build_dual_encoder(_cfg(text="bilstm_max", classifier="norm", normalize=False),
                                vocab_size=V, num_classes=C, image_dim=F, rngs=nnx.Rngs(0))
-    from itm_jax.train import model_outputs
+    from itm_jax.training.step import model_outputs
 
     batch = {**_batch("precomp"), "image_id": np.arange(B), "label": np.arange(B)}
-    total, terms = objective(model_outputs(model, batch, True), [{"name": "cmpm"}, {"name": "cmpc"}])
+    total, terms = objective(model_outputs(model, batch, use_id_positives=True), [{"name": "cmpm"}, {"name": "cmpc"}])
     assert np.isfinite(total) and set(terms) == {"cmpm", "cmpc"}
 
 

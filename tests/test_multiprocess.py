@@ -35,7 +35,8 @@ def _two_processes(mode: str, workdir, path, env):
 
 
 def test_two_processes_match_one(tmp_path, monkeypatch):
-    from itm_jax import train
+    from itm_jax.experiment import Experiment
+    from itm_jax.training import loop
     from train_utils import flat_params, load_config
 
     cache = tmp_path / "cache"
@@ -43,7 +44,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
     config = load_config()
     config.num_steps, config.eval_every, config.checkpoint_every = 3, 0, 3
     config.mesh.data = 1
-    single = flat_params(train.Trainer(config, tmp_path / "single").train())
+    single = flat_params(loop.train(Experiment(config, tmp_path / "single")))
 
     out = tmp_path / "multi.npz"
     _two_processes("train", tmp_path / "multi", out, {"ITM_JAX_CACHE": str(cache)})

@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from itm_jax import report, train
 from itm_jax.data.datasets import synthetic_cache_dir
-from itm_jax.evaluate import evaluate_run
+from itm_jax.errors import RunError
+from itm_jax.evaluation import report
+from itm_jax.run import load_run
+from itm_jax.training.loop import train_and_evaluate
 from train_utils import ROOT, load_config
 
 RUNS = {
@@ -55,7 +57,7 @@ def workdir(tmp_path_factory, skip_xla_optimizations):
             c.losses = losses
             c.mesh.data = 1
             c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 8, 2, 4, 8
-            train.train_and_evaluate(c, root / name)
+            train_and_evaluate(c, root / name)
             tested[name] = json.loads((root / name / "test_metrics.json").read_text())
     return root, tested, cache
 
@@ -152,12 +154,12 @@ def test_single_run_of_features_without_pixels_and_errors(workdir, tmp_path, mon
     assert page.count('<span class="noimg') == 3 + 3 * (report.TOP_K + 1)
 
     (tmp_path / "empty" / "notes").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="No runs in .*DIR/<name>/config.json"):
+    with pytest.raises(RunError, match="No runs in .*DIR/<name>/config.json"):
         report.write_report(tmp_path / "empty")
-    with pytest.raises(ValueError, match="'vse' is not a run .* runs: mh, sh"):
+    with pytest.raises(RunError, match="'vse' is not a run .* runs: mh, sh"):
         report.write_report(root, model="vse")
-    with pytest.raises(FileNotFoundError, match="holds the runs mh, sh.*--report"):
-        evaluate_run(root)
+    with pytest.raises(RunError, match="holds the runs mh, sh: pass one of them"):
+        load_run(root)
 
 
 def test_cli_report_with_chosen_model(workdir, tmp_path):
@@ -167,14 +169,14 @@ def test_cli_report_with_chosen_model(workdir, tmp_path):
     other = min(tested, key=lambda name: tested[name]["rsum"])  # not the default choice
     env = {**os.environ, "ITM_JAX_CACHE": cache, "XLA_FLAGS": ""}
     run = subprocess.run(
-        [sys.executable, "-m", "itm_jax.evaluate", f"--workdir={copy}", "--report",
+        [sys.executable, "-m", "itm_jax.cli.eval", f"--workdir={copy}", "--report",
          f"--report_model={other}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     for name in RUNS:
         assert re.search(rf"^{name} test: i2t_r1=", run.stdout, re.M), run.stdout
-        assert json.loads((copy / name / "test_metrics.json").read_text()) == pytest.approx(
-            tested[name])
+        assert json.loads((copy / name / "eval" / "test_metrics.json").read_text()) == \
+            pytest.approx(tested[name])
     assert f"report: {copy / 'report.html'}" in run.stdout
     page = (copy / "report.html").read_text()
     assert f"top 5 captions ({other})" in page and "chosen with --report_model" in page
