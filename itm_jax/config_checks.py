@@ -27,7 +27,9 @@ import jax
 
 from itm_jax import losses as L
 from itm_jax import similarity
+from itm_jax.data.datasets import DATASETS
 from itm_jax.errors import ConfigError
+from itm_jax.evaluation.metrics import PROTOCOLS
 from itm_jax.losses import _common
 from itm_jax.models import dual_encoder
 from itm_jax.models.text import GRU_IMPLS
@@ -77,10 +79,6 @@ HYPER_PARAMETER_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mu_down": _NON_NEGATIVE, "mu_up": _POSITIVE,  # IMC thresholds, related below
     "chunk_size": (lambda v: v >= 1, "None (automatic) or an integer >= 1"),
 }
-# The options itm_jax.evaluation.metrics and itm_jax.data.datasets.get_sources check inline,
-# with no constant to import (Karpathy's configs come from its TFDS builder).
-_PROTOCOLS = ("all", "coco", "t2i")
-_DATASETS = ("synthetic", "synthetic_images", "precomp", "coco_captions", "cuhk_pedes")
 
 
 def validate(config) -> None:
@@ -99,7 +97,7 @@ def validate(config) -> None:
             lambda v: v >= 0, integer=True)
     for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
         _number(field, config[field], "an integer >= 1", lambda v: v >= 1, integer=True)
-    _choice("eval_protocol", config.eval_protocol, _PROTOCOLS)
+    _choice("eval_protocol", config.eval_protocol, PROTOCOLS)
     _check_data(config.data)
     _check_model(config.model, config.losses)
     for field in ("h_t", "h_i"):
@@ -306,7 +304,7 @@ def _check_data(data) -> None:
         valid = tuple(f"karpathy/{c.name}" for c in Karpathy.BUILDER_CONFIGS)
         if name in valid:
             return
-    _choice("data.name", name, (*_DATASETS, "karpathy/<coco|coco_restval|flickr30k|flickr8k>"))
+    _choice("data.name", name, DATASETS)
 
 
 def _check_model(model, losses) -> None:
@@ -321,7 +319,7 @@ def _check_model(model, losses) -> None:
     _choice("model.gru_impl", model.get("gru_impl", "auto"), GRU_IMPLS)
     options = {k: model.get(k, v) for k, v in dual_encoder.OPTIONS.items()}
     try:
-        dual_encoder._check_options(model.image, model.text, options,
+        dual_encoder.check_options(model.image, model.text, options,
                                     convse_head=model.get("convse_head", False))
     except ValueError as e:
         raise ConfigError(f"config.{e}") from None

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from itm_jax.aoq import job, store
-from itm_jax.errors import RunError
+from itm_jax.errors import RunError, UserError
 from itm_jax.evaluation.embed import embed_split
 from itm_jax.experiment import Experiment
 from itm_jax.files import atomic_write
@@ -96,7 +96,7 @@ def _already_mined(out: pathlib.Path, meta: dict, source, h_t: int, h_i: int,
     job would write the same lists again)."""
     try:
         _, _, manifest = store.load_mined(out, source, h_t=h_t, h_i=h_i)
-    except Exception:  # noqa: BLE001 - any reason the lists cannot be used means: mine them
+    except UserError:  # missing, partial, another split or h: mine them
         return False
     return (manifest["h_t"], manifest["h_i"], manifest["backend"]) == (h_t, h_i, backend) and all(
         manifest.get(k) == meta[k] for k in ("teacher", "config_sha256"))

@@ -23,6 +23,9 @@ from itm_jax.data.source import CaptionedSource
 from itm_jax.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
+# ``data.name`` values; TFDS's Karpathy splits are ``karpathy/<config>``.
+DATASETS = ("synthetic", "synthetic_images", "precomp", "coco_captions", "cuhk_pedes",
+            "karpathy/<coco|coco_restval|flickr30k|flickr8k>")
 
 
 def synthetic_cache_dir(cfg: Mapping[str, Any]) -> pathlib.Path:
@@ -111,10 +114,7 @@ def get_sources(cfg: Mapping[str, Any]) -> dict[str, CaptionedSource]:
 
         data_dir = _data_dir(cfg, "reid_raw.json and imgs/")
         return {s: CuhkPedesSource(data_dir, s) for s in SPLITS}
-    raise ConfigError(
-        f"Unknown data.name={name!r}; valid: synthetic, synthetic_images, precomp, "
-        "karpathy/<coco|coco_restval|flickr30k|flickr8k>, coco_captions, cuhk_pedes."
-    )
+    raise ConfigError(f"Unknown data.name={name!r}; valid: {', '.join(DATASETS)}.")
 
 
 def image_dim(source: CaptionedSource) -> int:

@@ -330,6 +330,9 @@ def _over_blocks(fn, carry, cap, c2i, block):
     return carry, jnp.concatenate(ys)
 
 
+PROTOCOLS = ("all", "coco", "t2i")
+
+
 def protocol_metrics(img, cap, cap_to_img, protocol: str, *,
                      image_labels=None) -> dict[str, float]:
     """Test metrics of a dataset's protocol.
@@ -351,7 +354,7 @@ def protocol_metrics(img, cap, cap_to_img, protocol: str, *,
         ranks = t2i(img, cap, cap_to_img=cap_to_img, image_labels=image_labels)
         return {f"t2i_{k}": float(v) for k, v in ranks.items() if k != "ranks"} | {
             "rsum": ranks["r1"] + ranks["r5"] + ranks["r10"]}
-    raise ValueError(f"Unknown eval_protocol={protocol!r}; valid: all, coco, t2i.")
+    raise ValueError(f"Unknown eval_protocol={protocol!r}; valid: {', '.join(PROTOCOLS)}.")
 
 
 def split_metrics(exp, img: np.ndarray, cap: np.ndarray, split: str) -> dict[str, float]:

@@ -141,7 +141,7 @@ def build_dual_encoder(
                                 ("text_cnn", opt["text_cnn"], TEXT_CNN_BLOCKS)):
         if value not in valid:
             raise ValueError(f"Unknown model.{field}={value!r}; valid: {', '.join(valid)}.")
-    _check_options(image, text, opt, convse_head=cfg.get("convse_head", False))
+    check_options(image, text, opt, convse_head=cfg.get("convse_head", False))
     gru_impl = cfg.get("gru_impl", "auto")
     if text != "gru" and gru_impl != "auto":
         raise ConfigError(f"model.gru_impl={gru_impl!r} selects how the GRU encoder runs; "
@@ -207,7 +207,7 @@ def build_dual_encoder(
                        normalize=cfg.get("normalize", True), **heads)
 
 
-def _check_options(image: str, text: str, opt: Mapping[str, Any], *, convse_head: bool) -> None:
+def check_options(image: str, text: str, opt: Mapping[str, Any], *, convse_head: bool) -> None:
     """Reject option combinations the builder would otherwise silently ignore."""
     if image == "precomp" and opt["image_head"] != "linear":
         raise ValueError(f"model.image_head={opt['image_head']!r} follows a CNN backbone; "
