@@ -1,5 +1,9 @@
 """AOQ round 2 end to end: round-1 run -> itm-mine -> round-2 training on the mined negatives."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -10,7 +14,7 @@ from itm_jax.training import loop
 from itm_jax.training.metric_writer import read_metrics
 from itm_jax.training.step import model_outputs
 from itm_jax.similarity import l2_normalize
-from train_utils import load_config
+from train_utils import ROOT, load_config
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +85,16 @@ def test_offline_variants_need_mined_lists_and_matching_ones(round1, tmp_path):
         Experiment(other, tmp_path / "other")
     with pytest.raises(UserError, match="h_t"):
         Experiment(round2_config(mining_dir, h_t=301), tmp_path / "long")
+
+
+def test_itm_mine_command_mines_the_same_lists_and_resumes_finished_jobs(round1, tmp_path):
+    _, run, mining_dir = round1
+    env = dict(os.environ)  # the same 4 devices as this process: the same embeddings
+    command = [sys.executable, "-m", "itm_jax.cli.mine", "--config=configs/default.py:loss=mh,smoke",
+               f"--workdir={tmp_path}", f"--checkpoint={run}"]
+    for expected in ("i2t [", "already mined with this teacher"):
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0 and expected in proc.stdout, proc.stderr[-2000:]
+    for name in ("i2t.npy", "t2i.npy", "i2t_scores.npy", "t2i_scores.npy"):
+        assert (tmp_path / "mining" / name).read_bytes() == (mining_dir / name).read_bytes()
