@@ -20,7 +20,7 @@ Adam 2e-4 for 50 epochs, no decay; batch 16; a 1x1 conv + BatchNorm to the 512-d
 both branches (``projection_1x1``; under the MobileNet arg scope, BatchNorm decay 0.9997 and
 epsilon 1e-3, which ``build_dual_encoder`` picks for ``model.image="mobilenet"``), fed
 unnormalised into the losses; CMPM ``eps=1e-8``; ``cmpc`` adds CMPC with the normalised
-classifier, one class per training identity (``Trainer`` passes ``num_identities``; the
+classifier, one class per training identity (``itm_jax.experiment.Experiment`` passes ``num_identities``; the
 authors' script: ``--num_classes=11004``). Dropout 0.3 on the word embeddings (the code's
 ``lstm_dropout_keep_prob`` 0.7). Captions up to 56 tokens (PEDES sentences average 19.6 words;
 the dual-path paper's PEDES window; the CMPM paper gives no length). No gradient clipping.

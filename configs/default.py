@@ -9,7 +9,7 @@ steps, the last one at a tenth of the learning rate; MH needs them to pass SH, w
 
 Every other config imports this one and changes a few fields; presets after the colon:
 ``loss=sh|mh|imc|convse|convse++|cmpm|aoq`` swaps the objective for another paper's loss with
-its hyper-parameters (the ablation of ``python -m itm_jax.demo``; same encoder and budget;
+its hyper-parameters (the ablation of ``python -m itm_jax.cli.demo``; same encoder and budget;
 ``aoq`` is round 2 and needs ``--config.aoq.mining_dir``), ``no_warmup`` drops the SH epoch that
 hardest-negative losses start with, and ``smoke`` shrinks data and steps so a run finishes in
 seconds (tests): ``configs/default.py:loss=imc,smoke``.

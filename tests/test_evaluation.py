@@ -191,7 +191,7 @@ def test_t2i_image_labels_hand_built():
 
 
 def test_t2i_protocol_passes_the_identities():
-    from itm_jax.train import protocol_metrics
+    from itm_jax.evaluation.metrics import protocol_metrics
 
     img = np.eye(3, dtype=np.float32)
     cap = np.array([[0.5, 0.9, 0.1], [0.8, 0.7, 0.3]], np.float32)

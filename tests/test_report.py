@@ -1,4 +1,4 @@
-"""HTML retrieval report (itm_jax.report, ``itm-eval --report``) on two tiny trained runs.
+"""HTML retrieval report (itm_jax.evaluation.report, ``itm-eval --report``) on two tiny trained runs.
 
 The report is checked as markup (tables, data-URI images, SVG curves, ranks consistent with the
 top-5 lists) and in headless Chromium: its DOM holds every image and chart, and a screenshot
