@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from itm_jax import evaluation  # noqa: E402
+from itm_jax.evaluation import metrics as evaluation  # noqa: E402
 
 CAPS = 5
 MAX_VS_MATMUL = 1.3

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from itm_jax import evaluation as ev
+from itm_jax.evaluation import metrics as ev
 
 METRIC_KEYS = ("r1", "r5", "r10", "medr", "meanr")
 FLAT_KEYS = tuple(f"{d}_{k}" for d in ("i2t", "t2i") for k in METRIC_KEYS) + ("rsum",)
