@@ -95,3 +95,14 @@ def test_mine_without_a_teacher_run(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"itm-mine: error: {tmp_path} has no vocab.json: --checkpoint (default --workdir) must "
         "be the directory of an itm-train run."]
+
+
+def test_a_diverging_run_stops_with_one_line(tmp_path):
+    # A finite loss whose update overflows the weights, caught before they are validated or
+    # saved (the unguarded run fails inside the evaluation with a traceback).
+    proc = _run("itm_jax.cli.train", SMOKE, f"--workdir={tmp_path}",
+                "--config.optim.learning_rate=1e30", "--config.optim.grad_clip=0")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("itm-train: error: The parameters became non-finite at step 1")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "checkpoints" / "4").exists()

@@ -176,3 +176,23 @@ def test_freeze_then_unfreeze_resumes_exactly_after_the_stage_boundary(env, tmp_
     train(env, run, args, "checkpoint:2", expect=-signal.SIGKILL)
     train(env, run, args)
     assert_bitwise_equal(tmp_path / "reference", run, 4)
+
+
+def test_itm_eval_and_export_leave_the_run_as_it_was(env, reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    before = _files(run)
+    for extra in ([], [f"--export={tmp_path / 'export'}"]):
+        proc = subprocess.run([sys.executable, "-m", "itm_jax.cli.eval", f"--workdir={run}", *extra],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    # Evaluating the best checkpoint again gives the run's own test metrics.
+    assert json.loads((run / "eval" / "test_metrics.json").read_text()) == \
+        json.loads((run / "test_metrics.json").read_text())
+    after = _files(run)
+    assert {k: v for k, v in after.items() if not k.startswith("eval/")} == before
+    img = np.load(tmp_path / "export" / "images.npy")
+    cap = np.load(tmp_path / "export" / "captions.npy")
+    c2i = np.load(tmp_path / "export" / "cap_to_img.npy")
+    assert img.shape[0] == 50 and cap.shape[0] == 250 and c2i.shape == (250,)
+    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1, rtol=1e-5)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import pathlib
 import signal
 import sys
@@ -172,6 +173,7 @@ def _run_stage(exp, stage, state, it, tx, schedule, writer, stop) -> TrainState:
                 writer.write(step, {**values, "lr": lr, "stage": stage.index})
                 progress.update(step, {"loss": values["loss"]})
             if c.eval_every > 0 and (step % c.eval_every == 0 or step == exp.num_steps):
+                _check_finite(pending)
                 _validate(exp, step, state, writer)
             if step % c.checkpoint_every == 0 or step == stage.end:
                 _check_finite(pending)
@@ -192,6 +194,13 @@ def _check_finite(pending) -> None:
             f"Non-finite loss at step {step} {terms}: the update was not applied and the last "
             "good checkpoint is kept; lower the learning rate, check the inputs, or raise the "
             "temperature/epsilon of the loss.")
+    # A finite loss whose update overflows (a learning rate far too high) leaves inf/NaN
+    # weights; the step's parameter norm shows it before they are validated or saved.
+    if not math.isfinite(float(metrics["param_norm"])):
+        raise NonFiniteLoss(
+            f"The parameters became non-finite at step {step} (loss {float(metrics['loss']):.4g}):"
+            " the last good checkpoint is kept; lower the learning rate or clip the gradients "
+            "(optim.grad_clip).")
 
 
 def _validate(exp: Experiment, step: int, state: TrainState, writer) -> None:
