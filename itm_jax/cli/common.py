@@ -102,17 +102,18 @@ def _flag_error(error: Exception, argv: Sequence[str]) -> ConfigError:
     return ConfigError(f"{text.splitlines()[0]} (--help lists the flags).")
 
 
-def print_help(prog: str, summary: str, names: Sequence[str]) -> None:
-    print(f"usage: {prog} [flags]\n\n{summary}\n\nflags:")
+def print_help(doc: str, names: Sequence[str]) -> None:
+    print(f"{doc.strip()}\n\nflags:")
     for name in (*names, "verbose"):
         flag = FLAGS[name]
         default = "" if flag.default in (None, "") else f" (default: {flag.default})"
         print(f"  --{name}: {' '.join(flag.help.split())}{default}")
 
 
-def run(main: Callable[[], object], *, prog: str, summary: str, names: Sequence[str],
+def run(main: Callable[[], object], *, prog: str, doc: str, names: Sequence[str],
         required: Sequence[str] = ()) -> None:
-    """Parses ``sys.argv`` and calls ``main()``; ``--help`` lists ``names`` one per line.
+    """Parses ``sys.argv`` and calls ``main()``; ``--help`` prints the command's ``doc`` and
+    its flags ``names``, one line each.
 
     A ``UserError`` (or a flag error) ends the process with its one-line message; process-wide
     settings that must precede JAX (host memory, log verbosity) are made here.
@@ -121,7 +122,7 @@ def run(main: Callable[[], object], *, prog: str, summary: str, names: Sequence[
     sys.argv[:] = argv = list_index_syntax(sys.argv)  # config_flags reads sys.argv itself
     verbose = "--verbose" in argv
     if any(a in ("-h", "--help", "--helpshort", "-?") for a in argv[1:]):
-        print_help(prog, summary, names)
+        print_help(doc, names)
         sys.exit(0)
     try:
         _check_config_file(argv)

@@ -61,8 +61,7 @@ def run() -> None:
                       "<workdir>/report.html.")
     flags.DEFINE_string("report_model", None, "With --report: the run (subdirectory name) whose "
                         "retrievals are shown; default: the best R-sum on --split.")
-    common.run(main, prog="itm-eval", summary=__doc__.splitlines()[0].split(": ", 1)[1],
-               names=_NAMES, required=("workdir",))
+    common.run(main, prog="itm-eval", doc=__doc__, names=_NAMES, required=("workdir",))
 
 
 if __name__ == "__main__":

@@ -37,8 +37,7 @@ def run() -> None:
     flags.DEFINE_enum("backend", "jax", ["jax", "faiss"], "Scoring backend (faiss: the bench "
                       "extra, a cross-check).")
     common.define_distributed_flags()
-    common.run(main, prog="itm-mine", summary=__doc__.splitlines()[0].split(": ", 1)[1],
-               names=_NAMES, required=("config", "workdir"))
+    common.run(main, prog="itm-mine", doc=__doc__, names=_NAMES, required=("config", "workdir"))
 
 
 if __name__ == "__main__":

@@ -31,8 +31,7 @@ def run() -> None:
     flags.DEFINE_bool("accept_config_change", False, "Continue a run under a config that differs "
                       "from its config.json (the change is recorded in config_history.jsonl).")
     common.define_distributed_flags()
-    common.run(main, prog="itm-train", summary=__doc__.splitlines()[0].split(": ", 1)[1],
-               names=_NAMES, required=("config", "workdir"))
+    common.run(main, prog="itm-train", doc=__doc__, names=_NAMES, required=("config", "workdir"))
 
 
 if __name__ == "__main__":
