@@ -150,6 +150,12 @@ class Experiment:
         return params, rest, {"kind": which, "step": int(step),
                               "checkpoint": str((self.workdir / kind / str(step)).absolute())}
 
+    @property
+    def scorer(self):
+        """The model's ``itm_jax.scoring`` scorer (attention for set models), None for global
+        embeddings (their dot product)."""
+        return getattr(self.model, "scorer", None)
+
     # ----- data ----------------------------------------------------------------------------
     def batch_keys(self) -> tuple[str, ...]:
         return MODEL_KEYS + tuple(k for extra in self.extras for k in extra.keys)

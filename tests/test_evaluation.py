@@ -215,7 +215,8 @@ def test_trainer_evaluates_cuhk_pedes_by_identity():
     pedes = SimpleNamespace(cap_to_img=np.array([0, 2]), labels=np.array([2, 2, 0]))
     plain = SimpleNamespace(cap_to_img=np.array([0, 2]))  # a source without identities
     for src, r1 in ((pedes, 50.0), (plain, 0.0)):
-        exp = SimpleNamespace(sources={"test": src}, config=SimpleNamespace(eval_protocol="t2i"))
+        exp = SimpleNamespace(sources={"test": src}, config=SimpleNamespace(eval_protocol="t2i"),
+                              scorer=None)
         assert split_metrics(exp, img, cap, "test")["t2i_r1"] == r1
 
 

@@ -44,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from itm_jax import scoring
+
 # Captions per block of scores. A [5000, 512] float32 block is 10 MB and fits the last-level
 # cache of a CPU; on CPU blocks of 256-512 ran faster than one big matmul of the same size.
 BLOCK_SIZE = 512
@@ -54,7 +56,7 @@ COCO_1K_FOLD_IMAGES = 1000
 _RECALL_KS = (1, 5, 10)
 
 
-def i2t(img_emb, cap_emb, *, caps_per_image: int = 5, cap_to_img=None) -> dict:
+def i2t(img_emb, cap_emb, *, caps_per_image: int = 5, cap_to_img=None, scorer=None) -> dict:
     """Image-to-text retrieval (image queries, caption gallery), VSE++ protocol.
 
     Args:
@@ -65,17 +67,22 @@ def i2t(img_emb, cap_emb, *, caps_per_image: int = 5, cap_to_img=None) -> dict:
       cap_to_img: optional int ``[M]``, the image index of each caption; overrides the
         consecutive-groups convention. Images may have any number of captions, but i2t needs at
         least one per image (a ``ValueError`` names the images that have none).
+      scorer: an ``itm_jax.scoring`` scorer for models whose outputs are sets (regions and
+        words, scored by attention); ``img_emb`` / ``cap_emb`` are then its sets. None: the
+        dot product of the embeddings.
 
     Returns:
       ``{"r1", "r5", "r10", "medr", "meanr"}`` as Python floats and ``"ranks"``, int ``[N]``:
       the number of captions scoring strictly higher than each image's best own caption.
     """
-    ranks_i2t, _ = _ranks(img_emb, cap_emb, caps_per_image, cap_to_img, need_captions=True)
+    ranks_i2t, _ = _ranks(img_emb, cap_emb, caps_per_image, cap_to_img, need_captions=True,
+                          scorer=scorer)
     return _summary(ranks_i2t)
 
 
 def t2i(
-    img_emb, cap_emb, *, caps_per_image: int = 5, cap_to_img=None, image_labels=None
+    img_emb, cap_emb, *, caps_per_image: int = 5, cap_to_img=None, image_labels=None,
+    scorer=None,
 ) -> dict:
     """Text-to-image retrieval (caption queries, image gallery), VSE++ protocol.
 
@@ -94,12 +101,13 @@ def t2i(
     """
     _, ranks_t2i = _ranks(
         img_emb, cap_emb, caps_per_image, cap_to_img, need_captions=False,
-        image_labels=image_labels,
+        image_labels=image_labels, scorer=scorer,
     )
     return _summary(ranks_t2i)
 
 
-def recall_metrics(img_emb, cap_emb, *, caps_per_image: int = 5, cap_to_img=None) -> dict:
+def recall_metrics(img_emb, cap_emb, *, caps_per_image: int = 5, cap_to_img=None,
+                   scorer=None) -> dict:
     """Both directions from one pass over the scores, as a flat dict of Python floats.
 
     Args: as ``i2t`` (every image needs a caption).
@@ -108,7 +116,8 @@ def recall_metrics(img_emb, cap_emb, *, caps_per_image: int = 5, cap_to_img=None
       ``i2t_r1, i2t_r5, i2t_r10, i2t_medr, i2t_meanr``, the same five with prefix ``t2i_``, and
       ``rsum`` (the six recalls summed). On the 5000-image COCO test split this is COCO 5K.
     """
-    ranks_i2t, ranks_t2i = _ranks(img_emb, cap_emb, caps_per_image, cap_to_img, need_captions=True)
+    ranks_i2t, ranks_t2i = _ranks(img_emb, cap_emb, caps_per_image, cap_to_img, need_captions=True,
+                                  scorer=scorer)
     out = {}
     for prefix, ranks in (("i2t", ranks_i2t), ("t2i", ranks_t2i)):
         out.update({f"{prefix}_{k}": v for k, v in _summary(ranks).items() if k != "ranks"})
@@ -116,7 +125,7 @@ def recall_metrics(img_emb, cap_emb, *, caps_per_image: int = 5, cap_to_img=None
     return out
 
 
-def coco_1k_5fold(img_emb, cap_emb, *, caps_per_image: int = 5) -> dict:
+def coco_1k_5fold(img_emb, cap_emb, *, caps_per_image: int = 5, scorer=None) -> dict:
     """COCO 1K: ``recall_metrics`` on five consecutive folds of 1000 images, averaged.
 
     Fold f is images ``1000*f .. 1000*f+999`` with their captions ``1000*c*f .. 1000*c*(f+1)-1``.
@@ -127,23 +136,26 @@ def coco_1k_5fold(img_emb, cap_emb, *, caps_per_image: int = 5) -> dict:
       img_emb: ``[5000, D]`` image embeddings of the COCO 5K test split.
       cap_emb: ``[5000 * caps_per_image, D]`` caption embeddings, grouped by image.
       caps_per_image: captions per image (5 for COCO).
+      scorer: as in ``i2t``.
 
     Returns:
       The flat dict of ``recall_metrics``, averaged over folds.
     """
-    img_emb, cap_emb = _check_embeddings(img_emb, cap_emb)
+    if scorer is None:
+        img_emb, cap_emb = _check_embeddings(img_emb, cap_emb)
     c = _check_caps_per_image(caps_per_image)
     n_img = COCO_1K_FOLDS * COCO_1K_FOLD_IMAGES
-    if img_emb.shape[0] != n_img or cap_emb.shape[0] != n_img * c:
+    if scoring.rows(img_emb) != n_img or scoring.rows(cap_emb) != n_img * c:
         raise ValueError(
-            f"coco_1k_5fold expects the 5K split: img_emb [{n_img}, D] and cap_emb "
-            f"[{n_img * c}, D] (caps_per_image={c}); got {img_emb.shape} and {cap_emb.shape}."
+            f"coco_1k_5fold expects the 5K split: {n_img} images and {n_img * c} captions "
+            f"(caps_per_image={c}); got {scoring.rows(img_emb)} and {scoring.rows(cap_emb)}."
         )
     folds = []
     for f in range(COCO_1K_FOLDS):
-        im = img_emb[f * COCO_1K_FOLD_IMAGES : (f + 1) * COCO_1K_FOLD_IMAGES]
-        cp = cap_emb[f * COCO_1K_FOLD_IMAGES * c : (f + 1) * COCO_1K_FOLD_IMAGES * c]
-        folds.append(recall_metrics(im, cp, caps_per_image=c))
+        im = scoring.take(img_emb, slice(f * COCO_1K_FOLD_IMAGES, (f + 1) * COCO_1K_FOLD_IMAGES))
+        cp = scoring.take(cap_emb, slice(f * COCO_1K_FOLD_IMAGES * c,
+                                         (f + 1) * COCO_1K_FOLD_IMAGES * c))
+        folds.append(recall_metrics(im, cp, caps_per_image=c, scorer=scorer))
     out = {k: float(np.mean([m[k] for m in folds])) for k in folds[0] if k != "rsum"}
     out["rsum"] = _rsum(out)
     return out
@@ -225,14 +237,17 @@ def _label_ids(n: int, image_labels) -> np.ndarray | None:
 
 def _ranks(
     img_emb, cap_emb, caps_per_image, cap_to_img, *, need_captions, block_size=None,
-    image_labels=None,
+    image_labels=None, scorer=None,
 ):
     """Validated inputs -> (i2t ranks int64 ``[N]``, t2i ranks int64 ``[M]``) on the host.
 
     ``image_labels`` (int ``[N]`` or None) changes the t2i ranks only (see ``t2i``).
     """
-    img_emb, cap_emb = _check_embeddings(img_emb, cap_emb)
-    n, m = img_emb.shape[0], cap_emb.shape[0]
+    if scorer is None:
+        img_emb, cap_emb = _check_embeddings(img_emb, cap_emb)
+    else:
+        img_emb, cap_emb = jax.tree.map(jnp.asarray, (img_emb, cap_emb))
+    n, m = scoring.rows(img_emb), scoring.rows(cap_emb)
     c2i = _caption_images(n, m, caps_per_image, cap_to_img)
     labels = _label_ids(n, image_labels)
     if need_captions:
@@ -243,13 +258,15 @@ def _ranks(
                 f"have none (first: {uncaptioned[:5].tolist()}). Drop them from img_emb, or "
                 "use t2i alone, where they only act as distractors."
             )
-    dtype = jnp.promote_types(jnp.result_type(img_emb, cap_emb), jnp.float32)
     block = min(BLOCK_SIZE if block_size is None else int(block_size), m)
     if block < 1:
         raise ValueError(f"block_size must be positive; got {block_size}.")
+    if scorer is None:
+        dtype = jnp.promote_types(jnp.result_type(img_emb, cap_emb), jnp.float32)
+        img_emb, cap_emb = img_emb.astype(dtype), cap_emb.astype(dtype)
     ranks_i2t, ranks_t2i, finite = _ranks_jit(
-        img_emb.astype(dtype), cap_emb.astype(dtype), jnp.asarray(c2i),
-        None if labels is None else jnp.asarray(labels), block=block,
+        img_emb, cap_emb, jnp.asarray(c2i), None if labels is None else jnp.asarray(labels),
+        block=block, scorer=scoring.DotScorer() if scorer is None else scorer,
     )
     if not bool(finite):
         # A NaN score compares False with everything, which would silently give rank 0.
@@ -257,20 +274,20 @@ def _ranks(
     return np.asarray(ranks_i2t, np.int64), np.asarray(ranks_t2i, np.int64)
 
 
-@functools.partial(jax.jit, static_argnames=("block",))
-def _ranks_jit(img, cap, c2i, labels, *, block):
+@functools.partial(jax.jit, static_argnames=("block", "scorer"))
+def _ranks_jit(img, cap, c2i, labels, *, block, scorer):
     """Both rank vectors from one block-wise pass over the captions.
 
     Args:
-      img: ``[N, D]``; cap: ``[M, D]``; c2i: int32 ``[M]`` in ``[0, N)``.
+      img: ``[N, D]`` (or the scorer's image sets); cap: ``[M, D]`` (or its caption sets);
+        c2i: int32 ``[M]`` in ``[0, N)``.
       labels: int32 ``[N]`` image labels for the t2i positives, or None (own image only).
-      block: captions per block (static).
+      block: captions per block (static). scorer: an ``itm_jax.scoring`` scorer (static).
 
     Returns:
       ``(i2t [N], t2i [M], finite)``: int32 ranks and whether all inputs were finite.
     """
-    n = img.shape[0]
-    hi = lax.Precision.HIGHEST  # no TF32 / bf16 passes on accelerators: ranks hinge on ulps
+    n = scoring.rows(img)
 
     # Best own-caption score per image, needed as the i2t threshold before the pass starts.
     # These own scores come from an elementwise reduction, not from the block matmul, so they
@@ -279,14 +296,16 @@ def _ranks_jit(img, cap, c2i, labels, *, block):
     # image's best own caption through rounding, whatever order either sum was taken in. A
     # non-own caption within an ulp of the threshold is a genuine float tie either way.
     def own_block(carry, cap_b, c2i_b):  # gathers [B, D] image rows at a time, never [M, D]
-        return carry, jnp.sum(img[c2i_b] * cap_b, axis=1)  # [B]
+        return carry, scorer.pairs(scoring.take(img, c2i_b), cap_b)  # [B]
 
     _, own = _over_blocks(own_block, (), cap, c2i, block)  # [M]
     best_own = jax.ops.segment_max(own, c2i, num_segments=n)  # [N]
     rows = lax.broadcasted_iota(jnp.int32, (n, 1), 0)  # [N, 1]
 
     def score_block(i2t_acc, cap_b, c2i_b):  # [N], [B, D], [B] -> [N], t2i ranks [B]
-        s = jnp.dot(img, cap_b.T, precision=hi)  # [N, B], the only score block alive
+        # [N, B], the only score block alive; at HIGHEST precision (no TF32 / bf16 passes on
+        # accelerators: ranks hinge on ulps).
+        s = scorer(img, cap_b)
         not_own = rows != c2i_b[None, :]  # [N, B]
         i2t_count = jnp.sum((s > best_own[:, None]) & not_own, axis=1, dtype=jnp.int32)
         # t2i compares every image with the own image's entry of this very block, so the own
@@ -303,29 +322,32 @@ def _ranks_jit(img, cap, c2i, labels, *, block):
     i2t_ranks, t2i_ranks = _over_blocks(score_block, jnp.zeros((n,), jnp.int32), cap, c2i, block)
     # A non-finite caption entry makes its own score NaN or inf, so `own` covers every caption
     # without another [M, D] pass; images are checked directly as some may have no caption.
-    finite = jnp.isfinite(own).all() & jnp.isfinite(img).all()
+    finite = functools.reduce(jnp.logical_and, [jnp.isfinite(x).all() for x in jax.tree.leaves(img)],
+                              jnp.isfinite(own).all())
     return i2t_ranks, t2i_ranks, finite
 
 
 def _over_blocks(fn, carry, cap, c2i, block):
     """``fn(carry, cap_b, c2i_b) -> (carry, y_b [B])`` over consecutive caption blocks.
 
-    ``M // block`` full blocks run in a ``lax.scan`` that slices ``cap`` in place (reshaping it
-    into blocks would copy all of it), then the ragged tail, if any, as one smaller block; so
-    there are no padded captions to mask. Returns the final carry and the ``y_b`` concatenated.
+    ``M // block`` full blocks run in a ``lax.scan`` that slices ``cap`` (an array or a set) in
+    place (reshaping it into blocks would copy all of it), then the ragged tail, if any, as one
+    smaller block; so there are no padded captions to mask. Returns the final carry and the
+    ``y_b`` concatenated.
     """
-    m = cap.shape[0]
+    m = scoring.rows(cap)
     n_full = m // block
 
     def body(carry, k):
         start = k * block
-        cap_b = lax.dynamic_slice_in_dim(cap, start, block)
+        cap_b = jax.tree.map(lambda x: lax.dynamic_slice_in_dim(x, start, block), cap)
         return fn(carry, cap_b, lax.dynamic_slice_in_dim(c2i, start, block))
 
     carry, ys = lax.scan(body, carry, jnp.arange(n_full))
     ys = [ys.reshape(n_full * block)]
     if n_full * block < m:
-        carry, y_tail = fn(carry, cap[n_full * block :], c2i[n_full * block :])
+        tail = slice(n_full * block, None)
+        carry, y_tail = fn(carry, scoring.take(cap, tail), c2i[tail])
         ys.append(y_tail)
     return carry, jnp.concatenate(ys)
 
@@ -334,24 +356,24 @@ PROTOCOLS = ("all", "coco", "t2i")
 
 
 def protocol_metrics(img, cap, cap_to_img, protocol: str, *,
-                     image_labels=None) -> dict[str, float]:
+                     image_labels=None, scorer=None) -> dict[str, float]:
     """Test metrics of a dataset's protocol.
 
     ``all``: every image and caption at once (Flickr30K 1K, validation). ``coco``: the 5-fold
     1K average (``1k/...``) and the full 5K set (``5k/...``). ``t2i``: text-to-image only
     (CUHK-PEDES reports R@1/R@10 of caption queries); with ``image_labels`` (int ``[N]``, the
     source's per-image identities) any image of the caption's person is a hit, as the PEDES
-    protocol counts. The other protocols ignore ``image_labels``.
+    protocol counts. The other protocols ignore ``image_labels``. ``scorer``: as in ``i2t``.
     """
     if protocol == "all":
-        return recall_metrics(img, cap, cap_to_img=cap_to_img)
+        return recall_metrics(img, cap, cap_to_img=cap_to_img, scorer=scorer)
     if protocol == "coco":
-        folds = coco_1k_5fold(img, cap)
-        full = recall_metrics(img, cap, cap_to_img=cap_to_img)
+        folds = coco_1k_5fold(img, cap, scorer=scorer)
+        full = recall_metrics(img, cap, cap_to_img=cap_to_img, scorer=scorer)
         return {**{f"1k/{k}": v for k, v in folds.items()}, **{f"5k/{k}": v for k, v in full.items()},
                 "rsum": folds["rsum"]}
     if protocol == "t2i":
-        ranks = t2i(img, cap, cap_to_img=cap_to_img, image_labels=image_labels)
+        ranks = t2i(img, cap, cap_to_img=cap_to_img, image_labels=image_labels, scorer=scorer)
         return {f"t2i_{k}": float(v) for k, v in ranks.items() if k != "ranks"} | {
             "rsum": ranks["r1"] + ranks["r5"] + ranks["r10"]}
     raise ValueError(f"Unknown eval_protocol={protocol!r}; valid: {', '.join(PROTOCOLS)}.")
@@ -364,4 +386,4 @@ def split_metrics(exp, img: np.ndarray, cap: np.ndarray, split: str) -> dict[str
     protocol = exp.config.eval_protocol if split == "test" else "all"
     # Person identities where the source has them (CUHK-PEDES), for the t2i protocol.
     return protocol_metrics(img, cap, src.cap_to_img, protocol,
-                            image_labels=getattr(src, "labels", None))
+                            image_labels=getattr(src, "labels", None), scorer=exp.scorer)
