@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.vocab_threshold = 4
     c.data.word_vectors = ""  # GloVe / word2vec text file initialising the word embeddings
     c.data.synthetic = ml_collections.ConfigDict(
-        dict(seed=0, num_train=4000, num_val=500, num_test=500))
+        dict(seed=0, num_train=4000, num_val=500, num_test=500, regions=0))
 
     c.model = ml_collections.ConfigDict()
     c.model.image = "precomp"

@@ -21,7 +21,8 @@ import pytest
 
 from itm_jax.data import synthetic as S
 from itm_jax.data import synthetic_features as F
-from itm_jax.data.datasets import get_sources
+from itm_jax.data.datasets import get_sources, image_dim
+from itm_jax.data.pipeline import eval_batches
 from itm_jax.data.precomp import PrecompSource
 from itm_jax.data.source import CaptionedSource, PairSource
 from itm_jax.errors import ConfigError, DataError
@@ -400,3 +401,196 @@ def test_damaged_cache_metadata_is_regenerated(tmp_path):
     meta.write_text(meta.read_text()[:40])  # a cut-short copy of the cache
     assert get_sources(cfg)["test"].caption(3) == first
     assert json.loads(meta.read_text())["config"]["num_train"] == 8
+
+
+# ------------------------------------------------------------------------------ region features
+
+REGIONS = 5  # MIN_REGIONS + 1: every image gets at least one copy of the whole scene as padding
+
+
+@pytest.fixture(scope="module")
+def region_dir(tmp_path_factory, splits):
+    directory = tmp_path_factory.mktemp("regions")
+    meta = F.write_precomp(directory, splits, regions=REGIONS, batch_size=64)
+    return directory, meta
+
+
+def test_global_form_unchanged(precomp_dir):
+    """The global features of before the region form existed (any change to the extractor moves
+    these far more than float32 rounding on another CPU or XLA version)."""
+    on_disk = np.load(precomp_dir[0] / "test_ims.npy").astype(np.float64)
+    np.testing.assert_allclose(
+        on_disk[:6].sum(axis=1),
+        [17.878124283301503, 7.899860737513942, 20.078401916021335, 18.195786555064615,
+         10.112875934512488, 12.810366515066335], rtol=1e-5)
+    np.testing.assert_allclose(on_disk.sum(), 1894.8526937650304, rtol=1e-5)
+    assert json.loads((precomp_dir[0] / F.META_FILENAME).read_text())[
+        "feature_extractor"]["regions"] == 0
+
+
+def test_region_precomp_files(region_dir, precomp_dir, splits):
+    directory, meta = region_dir
+    assert sorted(os.listdir(directory)) == sorted(os.listdir(precomp_dir[0]))
+    assert meta["feature_extractor"]["regions"] == REGIONS
+    assert json.loads((directory / F.META_FILENAME).read_text()) == meta
+    for name, prefix in [("train", "train"), ("val", "dev"), ("test", "test")]:
+        feats = np.load(directory / f"{prefix}_ims.npy")
+        assert feats.dtype == np.float32
+        assert feats.shape == (splits[name].num_images, REGIONS, F.FEATURE_DIM)
+        assert np.isfinite(feats).all() and (feats >= 0).all()
+        assert (directory / f"{prefix}_caps.txt").read_bytes() == (
+            precomp_dir[0] / f"{prefix}_caps.txt").read_bytes()
+    # 4 regions of 1024 float32 per image, as bytes on disk (plus the .npy header).
+    assert os.path.getsize(directory / "train_ims.npy") - 300 * REGIONS * 1024 * 4 < 256
+
+
+def test_regions_are_the_scene_then_each_object_then_the_scene(region_dir, precomp_dir, splits):
+    src = splits["test"]
+    regions = np.load(region_dir[0] / "test_ims.npy")
+    whole = np.load(precomp_dir[0] / "test_ims.npy")
+    first_objects = []
+    for i in range(src.num_images):
+        shows = F.region_objects(src.layout(i), REGIONS)
+        n = len(src.scenes[i].objects)
+        assert shows.dtype == np.int64 and shows.shape == (REGIONS,)
+        assert shows[0] == -1 and sorted(shows[1:1 + n]) == list(range(n))
+        assert (shows[1 + n:] == -1).all()
+        np.testing.assert_allclose(regions[i, shows == -1], np.broadcast_to(whole[i], (
+            REGIONS - n, F.FEATURE_DIM)), rtol=1e-5, atol=1e-6)
+        # An object's region is not the whole scene's.
+        assert np.abs(regions[i, 1:1 + n] - whole[i]).max() > 0.05
+        first_objects.append(shows[1])
+    # The order is drawn per image, not the scene's (whose first object is left of or above
+    # its second): each object comes first in some images.
+    assert set(first_objects) == {0, 1, 2}
+    assert 0.2 < np.mean(np.array(first_objects) == 0) < 0.6
+
+
+def test_region_features_are_deterministic(region_dir, splits):
+    again = S.synthetic_splits(SMALL)["val"]
+    np.testing.assert_array_equal(F.source_features(again, regions=REGIONS, batch_size=64),
+                                  np.load(region_dir[0] / "dev_ims.npy"))
+    by_image = F.extract_region_features(
+        again.images(range(7)), [again.layout(i) for i in range(7)], REGIONS, batch_size=4)
+    np.testing.assert_allclose(by_image, np.load(region_dir[0] / "dev_ims.npy")[:7],
+                               rtol=1e-5, atol=1e-6)
+
+
+def _relative(a, b):
+    return np.linalg.norm(a - b) / np.sqrt(np.linalg.norm(a) * np.linalg.norm(b))
+
+
+def test_an_object_region_shows_that_object(region_dir, splits):
+    """Colour twins (other layouts: positions, sizes, tints, noise) differ in the recoloured
+    object's region far more than in the regions of the objects they share."""
+    changed, kept = [], []
+    for name, prefix in [("train", "train"), ("val", "dev"), ("test", "test")]:
+        src, feats = splits[name], np.load(region_dir[0] / f"{prefix}_ims.npy")
+        for i, j, kind in src.twins:
+            if kind != "colour":
+                continue
+            a, b = src.scenes[i].objects, src.scenes[j].objects
+            (k,) = [m for m in range(len(a)) if a[m] != b[m]]
+            where_i = list(F.region_objects(src.layout(i), REGIONS))
+            where_j = list(F.region_objects(src.layout(j), REGIONS))
+            d = [_relative(feats[i, where_i.index(m)], feats[j, where_j.index(m)])
+                 for m in range(len(a))]
+            changed.append(d[k])
+            kept.append(max(d[:k] + d[k + 1:]))
+    changed, kept = np.array(changed), np.array(kept)
+    assert len(changed) >= 30
+    assert np.median(changed) > 3 * np.median(kept)
+    assert np.mean(changed > kept) > 0.95
+
+
+def test_an_object_region_ignores_the_rest_of_the_image(splits):
+    """Recolouring one object or retinting the background leaves the other objects' regions
+    as they were; only the recoloured object's region and the whole scene move."""
+    src = splits["test"]
+    index = next(i for i in range(src.num_images) if len(src.scenes[i].objects) == 3)
+    scene, layout = src.scenes[index], src.layout(index)
+    colours = layout.colours.copy()
+    colours[1] = S.COLOURS["green" if scene.objects[1].colour != "green" else "red"]
+    tint = np.clip(layout.background.astype(int) + 40, 0, 255).astype(np.uint8)
+    variants = [layout, layout._replace(colours=colours), layout._replace(background=tint)]
+    images = np.stack([S.render(scene, v, src.image_size) for v in variants])
+    feats = F.extract_region_features(images, variants, 4)
+    at = {m: list(F.region_objects(layout, 4)).index(m) for m in range(3)}
+    base, recoloured, tinted = feats
+    for m in (0, 2):
+        np.testing.assert_allclose(recoloured[at[m]], base[at[m]], rtol=1e-5, atol=1e-6)
+        # Only the edge pixels, part object and part background, see the tint (differences
+        # from the background, as the whole scene's input, would move by about 0.3).
+        assert _relative(tinted[at[m]], base[at[m]]) < 0.1
+    assert _relative(recoloured[at[1]], base[at[1]]) > 0.3
+    assert _relative(recoloured[0], base[0]) > 0.01 and _relative(tinted[0], base[0]) > 0.1
+
+
+def test_region_cache_sits_beside_the_global_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("ITM_JAX_CACHE", str(tmp_path))
+    cfg = {"name": "synthetic", "data_dir": "",
+           "synthetic": {"seed": 1, "num_train": 8, "num_val": 4, "num_test": 4, "regions": 0}}
+    regional = {**cfg, "synthetic": {**cfg["synthetic"], "regions": 4}}
+    global_sources, region_sources = get_sources(cfg), get_sources(regional)
+    assert sorted(os.listdir(tmp_path)) == ["synthetic-8-4-4-seed1",
+                                            "synthetic-8-4-4-seed1-regions4"]
+    assert global_sources["train"].feature_shape == (1024,)
+    assert region_sources["train"].feature_shape == (4, 1024)
+    assert image_dim(global_sources["train"]) == image_dim(region_sources["train"]) == 1024
+    assert region_sources["test"].image(2)["image_feat"].shape == (4, 1024)
+    np.testing.assert_allclose(region_sources["test"].image(2)["image_feat"][0],
+                               global_sources["test"].image(2)["image_feat"], rtol=1e-5, atol=1e-6)
+    # Both caches are used as they are, not regenerated.
+    monkeypatch.setattr(F, "write_precomp", lambda *a, **k: pytest.fail("regenerated"))
+    assert get_sources(cfg)["val"].feature_shape == (1024,)
+    assert get_sources(regional)["val"].feature_shape == (4, 1024)
+
+
+def test_one_data_dir_regenerates_for_the_other_form(tmp_path):
+    cfg = {"name": "synthetic", "data_dir": str(tmp_path),
+           "synthetic": {"seed": 1, "num_train": 8, "num_val": 4, "num_test": 4, "regions": 6}}
+    assert get_sources(cfg)["test"].feature_shape == (6, 1024)
+    cfg["synthetic"]["regions"] = 0
+    assert get_sources(cfg)["test"].feature_shape == (1024,)
+    assert json.loads((tmp_path / F.META_FILENAME).read_text())["feature_extractor"][
+        "regions"] == 0
+
+
+def test_eval_batches_stack_region_sets(tmp_path):
+    cfg = {"name": "synthetic", "data_dir": str(tmp_path),
+           "synthetic": {"seed": 1, "num_train": 8, "num_val": 4, "num_test": 5, "regions": 4}}
+    test = get_sources(cfg)["test"]
+    batches = list(eval_batches(test, batch_size=3, shard_index=0, shard_count=1))
+    assert len(batches) == 2
+    for b, batch in enumerate(batches):
+        assert batch["image_feat"].dtype == np.float32 and batch["image_feat"].shape == (3, 4, 1024)
+        for row in range(3):
+            i = 3 * b + row
+            if i < test.num_images:
+                assert batch["mask"][row]
+                np.testing.assert_array_equal(batch["image_feat"][row], test.image(i)["image_feat"])
+            else:
+                assert not batch["mask"][row] and not batch["image_feat"][row].any()
+
+
+@pytest.mark.parametrize("regions", [1, 3, -1, 4.0, "4"])
+def test_bad_regions_are_a_config_error(tmp_path, monkeypatch, regions):
+    monkeypatch.setenv("ITM_JAX_CACHE", str(tmp_path))
+    cfg = {"name": "synthetic", "data_dir": "",
+           "synthetic": {"seed": 1, "num_train": 8, "num_val": 4, "num_test": 4,
+                         "regions": regions}}
+    with pytest.raises(ConfigError, match=r"regions must be 0 .* or at least 4 .*regions=4"):
+        get_sources(cfg)
+    assert os.listdir(tmp_path) == []
+
+
+def test_extract_region_features_rejects_bad_input(splits):
+    src = splits["test"]
+    images, layouts = src.images(range(2)), [src.layout(i) for i in range(2)]
+    with pytest.raises(ConfigError, match="regions must be at least 4"):
+        F.extract_region_features(images, layouts, 0)
+    with pytest.raises(ValueError, match="one layout per image: 2 images, 1 layouts"):
+        F.extract_region_features(images, layouts[:1], 4)
+    outside = layouts[0]._replace(centres=layouts[0].centres + 100)
+    with pytest.raises(ValueError, match="centres must lie in the 64-pixel image"):
+        F.extract_region_features(images, [outside, layouts[1]], 4)

@@ -2,8 +2,10 @@
 
 ``config.data.name``:
   ``synthetic``: the built-in dataset as precomputed features, generated once into a cache
-    directory (``data_dir``, default ``~/.cache/itm_jax/synthetic-<sizes>-<seed>``) and read
-    back with the precomp reader, exactly as real precomputed features are.
+    directory (``data_dir``, default ``~/.cache/itm_jax/synthetic-<sizes>-<seed>``, with
+    ``-regions<K>`` for ``synthetic.regions = K > 0``) and read back with the precomp reader,
+    exactly as real precomputed features are: one global feature ``[F]`` per image, or ``K``
+    region features ``[K, F]`` (``itm_jax.data.synthetic_features``).
   ``synthetic_images``: the same scenes as 64x64 images.
   ``precomp``: VSE++/SCAN features in ``data_dir`` (splits train / dev / ``test_split``).
   ``karpathy/coco_restval``, ``karpathy/flickr30k``, ... or ``coco_captions``: prepared TFDS
@@ -28,11 +30,18 @@ DATASETS = ("synthetic", "synthetic_images", "precomp", "coco_captions", "cuhk_p
             "karpathy/<coco|coco_restval|flickr30k|flickr8k>")
 
 
+def _regions(cfg: Mapping[str, Any]) -> int:
+    # Configs saved before the field existed describe the global features.
+    return cfg["synthetic"].get("regions", 0)
+
+
 def synthetic_cache_dir(cfg: Mapping[str, Any]) -> pathlib.Path:
     if cfg.get("data_dir"):
         return pathlib.Path(cfg["data_dir"]).expanduser()
     s = cfg["synthetic"]
     name = f"synthetic-{s['num_train']}-{s['num_val']}-{s['num_test']}-seed{s['seed']}"
+    if _regions(cfg):
+        name += f"-regions{_regions(cfg)}"
     root = os.environ.get("ITM_JAX_CACHE", "~/.cache/itm_jax")
     return pathlib.Path(root).expanduser() / name
 
@@ -51,22 +60,25 @@ def _synthetic_precomp(cfg) -> dict[str, CaptionedSource]:
     from itm_jax.data.synthetic_features import META_FILENAME, write_precomp
 
     directory = synthetic_cache_dir(cfg)
-    wanted = _synthetic_config(cfg).to_dict()
-    if _cached_config(directory / META_FILENAME) != wanted:
-        directory.mkdir(parents=True, exist_ok=True)
-        # Written atomically, so concurrent processes at worst both write identical files.
-        write_precomp(directory, synthetic_splits(_synthetic_config(cfg)))
+    wanted = (_synthetic_config(cfg).to_dict(), _regions(cfg))
+    if _cached_description(directory / META_FILENAME) != wanted:
+        # Written atomically (into a directory it creates), so concurrent processes at worst
+        # both write identical files.
+        write_precomp(directory, synthetic_splits(_synthetic_config(cfg)), regions=_regions(cfg))
     names = {"train": "train", "val": "dev", "test": "test"}
     return {split: PrecompSource(directory, names[split]) for split in SPLITS}
 
 
-def _cached_config(path: pathlib.Path) -> Any:
-    """The generator config recorded in a synthetic cache's metadata; None if there is none."""
+def _cached_description(path: pathlib.Path) -> Any:
+    """(generator config, regions) recorded in a synthetic cache's metadata; None if there is
+    none."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):  # none yet, or damaged: either way, regenerate
         return None
-    return meta.get("config") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("feature_extractor"), dict):
+        return None
+    return meta.get("config"), meta["feature_extractor"].get("regions")
 
 
 def _data_dir(cfg: Mapping[str, Any], holds: str) -> str:
