@@ -4,7 +4,8 @@ Contract (brief): deterministic from (seed, sizes); fixed disjoint train/val/tes
 differently-worded captions per image; unique ids; twins in every split, including pairs whose
 captions have equal bags of words; `CaptionedSource` conformance; precomp files of the VSE++
 layout (float32 [N, F] features, 5 caption lines per image, metadata with ids), written
-atomically.
+atomically; with `regions=K`, SCAN's [N, K, F] layout, whose object regions each show their
+object, cached beside the global form.
 
 Captions are checked by an independent parser (the vocabulary below, not the generator's
 tables) against the rendered geometry (object centres), not against the scene structure the
