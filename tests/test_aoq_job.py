@@ -44,10 +44,10 @@ def _lists(directory):
 
 
 def _count_steps(monkeypatch):
-    """Counts the steps the jax backend computes from now on."""
+    """Records the steps the jax backend computes from now on (each device's first image row)."""
     steps, step = [], kernel._JaxMiner.step
-    monkeypatch.setattr(kernel._JaxMiner, "step",
-                        lambda self, start, *a: steps.append(start) or step(self, start, *a))
+    monkeypatch.setattr(kernel._JaxMiner, "step", lambda self, starts, *a: steps.append(
+        starts.tolist()) or step(self, starts, *a))
     return steps
 
 
@@ -100,7 +100,7 @@ def test_sigkilled_job_loses_at_most_one_block(tmp_path, monkeypatch):
     resumed = _mine(tmp_path / "resumed", data)
     # The killed run had computed steps 0-7 (7 saved); the resumed run mines 7-18: one block
     # of work is lost.
-    assert len(steps) == total - kill_at and steps[0] == kill_at * 32
+    assert len(steps) == total - kill_at and steps[0] == [kill_at * 32]
     assert _lists(tmp_path / "resumed") == _lists(tmp_path / "full")
     assert {**resumed, "created": 0} == {**full, "created": 0}
     assert not work.exists()
@@ -137,7 +137,8 @@ def test_multi_device_steps_resume_to_identical_files(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "save_npz", save)
     steps = _count_steps(monkeypatch)
     _mine(tmp_path / "resumed", data, devices=2)
-    assert steps == [128]  # the third step only (steps of 2 x 32 rows)
+    # The third step only: device 0 mines images 0-95, device 1 96-149 (and padding).
+    assert steps == [[64, 160]]
     assert _lists(tmp_path / "resumed") == _lists(tmp_path / "full")
 
 
@@ -145,8 +146,8 @@ def test_replayed_changes_rebuild_the_lists():
     # Steps of a merge with ties and -inf entries, replayed from their changes alone.
     rng = np.random.default_rng(5)
     m, h = 50, 6
-    lists = kernel.empty_state(m, h)
-    replayed = kernel.empty_state(m, h)
+    lists = tuple(a[0] for a in kernel.empty_state(1, m, h))
+    replayed = kernel.empty_state(1, m, h)
     for step in range(8):
         part_v = np.round(rng.standard_normal((m, h)), 1).astype(np.float32)
         part_v[rng.random((m, h)) < 0.1] = -np.inf
@@ -156,11 +157,12 @@ def test_replayed_changes_rebuild_the_lists():
         values, index, new = kernel.merge_np(*lists[:2], part_v, part_i, h)
         bound = np.maximum(lists[2], np.where(rng.random(m) < 0.3, rng.standard_normal(m), -np.inf)
                            ).astype(np.float32)
-        change = job._change((values, index, bound), new, lists[2])
+        change = job._change((values[None], index[None], bound[None]), new[None],
+                             lists[2][None])
         lists = (values, index, bound)
         job._apply(replayed, change)
         for a, b in zip(lists, replayed):
-            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, b[0])
 
 
 def test_load_mined_validates(tmp_path):

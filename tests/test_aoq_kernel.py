@@ -118,3 +118,16 @@ def test_h_beyond_the_negatives_is_rejected():
     img, cap, cap_to_img, ids = _data(n=20)
     with pytest.raises(ValueError, match="h_i=19 exceeds the 17 negatives of caption"):
         kernel.mine_arrays(img, cap, cap_to_img, image_ids=ids, h_t=5, h_i=19)
+
+
+def test_any_number_of_devices_mines_the_same_bytes():
+    # Each device merges its own range of images into its own lists, merged at the end; exact
+    # ties between images of different devices' ranges (149 = 1, 75 = 4) resolve as on one.
+    img, cap, cap_to_img, ids = _data()
+    img[149], img[75] = img[1], img[4]
+    mined = [kernel.mine_arrays(img, cap, cap_to_img, image_ids=ids, h_t=40, h_i=12,
+                                block_size=32, devices=jax.devices()[:k]) for k in (1, 2, 3)]
+    _check(mined[0], img, cap, cap_to_img, ids, 40, 12)
+    for other in mined[1:]:
+        for a, b in zip(mined[0], other):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes()

@@ -2,21 +2,23 @@
 
 Every process of a multi-process job runs ``mine`` with the same arguments; process ``p`` mines
 its contiguous range of steps (a step is one block of ``block_size`` image rows on each local
-device) and saves each step as it finishes; process 0 then replays every process's records into
-the final files (``itm_jax.aoq.store``).
+device, each device walking its own contiguous range of images: ``kernel.Miner``) and saves each
+step as it finishes; process 0 then replays every process's records into the final files
+(``itm_jax.aoq.store``).
 
 Work files (``out_dir/work/step{c:06d}.npz``, one per step ``c``, written atomically): the
-step's i2t rows ``[rows, h_t]`` (values and captions) and the *change* the step made to its
-process's running t2i lists ``[M, h_i]``: per caption the number of entries the step put in
-(``count [M]``), their positions in the new list (``pos [E]``), scores and images (``values,
-index [E]``), and the captions whose bound rose with the new bounds (``bound_at, bound [F]``).
-The entries of the old list that stay are its first ``h_i - count`` ones, in order (the merge is
-a stable top-k of ``[old | new]``), so the records replayed in order rebuild the lists
-bit for bit. A caption gains about ``h_i * block / images seen`` entries per step, so all
-records together hold the final i2t lists once and each t2i list about ``1 + ln(steps)`` times:
-the total written stays within a small multiple of the final files (measured in the README)
-instead of growing with the number of steps, as rewriting the ``[M, h_i]`` lists after every
-step would.
+step's i2t rows ``[rows, h_t]`` (values and captions, devices in order) and the *change* the
+step made to each device's running t2i lists, taken together as one list per (device, caption)
+``[L = devices * M, h_i]``: per list the number of entries the step put in (``count [L]``),
+their positions in the new list (``pos [E]``), scores and images (``values, index [E]``), and the
+lists whose bound rose with the new bounds (``bound_at, bound [F]``). The entries of the old list
+that stay are its first ``h_i - count`` ones, in order (the merge is a stable top-k of ``[old |
+new]``), so the records replayed in order rebuild the lists bit for bit. A device's list gains
+about ``h_i * block / images the device has seen`` entries per step, so all records together
+hold the final i2t lists once and each device's t2i lists about ``1 + ln(steps)`` times: the
+total written stays within a small multiple of the final files (``devices * (1 + ln(steps))``
+t2i lists; measured in the README) instead of growing with the number of steps, as rewriting
+the lists after every step would.
 
 A job killed at any point (a SIGKILL mid-write included) loses at most the step it was working
 on: run again with the same inputs, devices and processes, it replays its records and mines the
@@ -39,7 +41,7 @@ import jax
 import numpy as np
 
 from itm_jax.aoq import store
-from itm_jax.aoq.kernel import Miner, empty_state, merge_np, prepare
+from itm_jax.aoq.kernel import Miner, empty_state, prepare
 from itm_jax.data.source import CaptionedSource, image_ids
 
 
@@ -70,7 +72,7 @@ def mine(img_emb, cap_emb, source: CaptionedSource, out_dir, *, h_t: int = 300, 
         return manifest
     share = miner.share(process, processes)
     done, state, _ = _replay(work, job, miner, share)
-    miner.engine.set_state(*state, fresh=done == 0)
+    miner.engine.set_state(*state)
     bound = state[2]
 
     def save(c, values, index, new):
@@ -80,7 +82,7 @@ def mine(img_emb, cap_emb, source: CaptionedSource, out_dir, *, h_t: int = 300, 
                        i2t_values=values, i2t_index=index, **_change(lists, new, bound))
         bound = lists[2]
 
-    miner.run(share[done:], done=save, progress=progress)
+    miner.run(share, skip=done, done=save, progress=progress)
     _barrier("itm_jax.aoq.steps")
     if process == 0:
         _finalize(out_dir, work, miner, job, processes, split, dict(metadata or {}))
@@ -90,10 +92,14 @@ def mine(img_emb, cap_emb, source: CaptionedSource, out_dir, *, h_t: int = 300, 
     return json.loads((out_dir / store.MANIFEST).read_text())
 
 
+# The layout of the work files (one list per device and caption); records of another are stale.
+_RECORDS = "per-device lists/1"
+
+
 def _fingerprint(miner: Miner, processes: int, split: str) -> str:
     """sha256 of everything the files depend on: a work directory of another job is stale."""
     h = hashlib.sha256(json.dumps(dict(
-        format=store.FORMAT, backend=miner.backend, h_t=miner.h_t, h_i=miner.h_i,
+        format=store.FORMAT, records=_RECORDS, backend=miner.backend, h_t=miner.h_t, h_i=miner.h_i,
         processes=processes, plan=dataclasses.asdict(miner.plan), split=split)).encode())
     for a in (miner.x.img, miner.x.cap):
         h.update(memoryview(a).cast("B"))
@@ -104,11 +110,17 @@ def _step_path(work: pathlib.Path, c: int) -> pathlib.Path:
     return work / f"step{c:06d}.npz"
 
 
+def _flat(a: np.ndarray) -> np.ndarray:
+    """Lists ``[devices, M, ...]`` as one list per (device, caption): ``[devices * M, ...]``."""
+    return a.reshape((-1,) + a.shape[2:])
+
+
 def _change(lists, new, bound_before) -> dict[str, np.ndarray]:
-    """A step's change to the t2i lists: ``lists = (values, index [M, h_i], bound [M])`` after
-    it, ``new [M, h_i]`` its entries, ``bound_before [M]`` (see the module docstring)."""
-    values, index, bound = lists
-    new = np.asarray(new)
+    """A step's change to the t2i lists: ``lists = (values, index [devices, M, h_i], bound
+    [devices, M])`` after it, ``new [devices, M, h_i]`` its entries, ``bound_before [devices, M]``
+    (see the module docstring)."""
+    values, index, bound = map(_flat, lists)
+    new, bound_before = _flat(np.asarray(new)), _flat(bound_before)
     small = np.min_scalar_type(new.shape[1])
     rose = np.flatnonzero(bound != bound_before).astype(np.int32)
     return {"count": new.sum(axis=1).astype(small), "pos": np.nonzero(new)[1].astype(small),
@@ -117,7 +129,7 @@ def _change(lists, new, bound_before) -> dict[str, np.ndarray]:
 
 def _apply(lists, change: Mapping[str, np.ndarray]) -> None:
     """Redoes a step's ``change`` (``_change``) on the t2i ``lists`` before it, in place."""
-    values, index, bound = lists
+    values, index, bound = map(_flat, lists)
     h = values.shape[1]
     count = change["count"].astype(np.intp)
     rows = np.flatnonzero(count)
@@ -134,8 +146,9 @@ def _apply(lists, change: Mapping[str, np.ndarray]) -> None:
 
 def _replay(work: pathlib.Path, job: str, miner: Miner, share: range):
     """A process's saved steps of ``share``, in order up to the first missing or partial one:
-    ``(done, (values, index, bound) after them, [(i2t values, index)] per step)``."""
-    lists, parts = empty_state(len(miner.x.cap), miner.h_i), []
+    ``(done, each device's (values, index, bound) after them, [(i2t values, index)] per
+    step)``."""
+    lists, parts = empty_state(miner.plan.devices, len(miner.x.cap), miner.h_i), []
     for c in share:
         saved = store.load_npz(_step_path(work, c), job)
         if saved is None or saved[0].get("step") != c:
@@ -156,7 +169,7 @@ def _barrier(name: str) -> None:
 def _finalize(out_dir: pathlib.Path, work: pathlib.Path, miner: Miner, job: str, processes: int,
               split: str, metadata: dict) -> None:
     """Process 0: every process's records into the final files, manifest last."""
-    parts, t2i = [], None
+    parts, t2i = [], []
     for p in range(processes):
         share = miner.share(p, processes)
         done, lists, i2t = _replay(work, job, miner, share)
@@ -165,9 +178,8 @@ def _finalize(out_dir: pathlib.Path, work: pathlib.Path, miner: Miner, job: str,
                                f"job: process {p} did not finish its steps; run the job again "
                                "to resume.")
         parts += i2t
-        t2i = lists if t2i is None else (
-            merge_np(*t2i[:2], *lists[:2], miner.h_i)[:2] + (np.maximum(t2i[2], lists[2]),))
-    mined = miner.finish(parts, t2i)
+        t2i.append(lists)
+    mined = miner.finish(parts, [np.concatenate(a) for a in zip(*t2i)], processes)
     x = miner.x
     store.write_lists(out_dir, {"i2t": mined.i2t, "t2i": mined.t2i,
                                 "i2t_scores": mined.i2t_scores, "t2i_scores": mined.t2i_scores}, {
@@ -181,5 +193,5 @@ def _finalize(out_dir: pathlib.Path, work: pathlib.Path, miner: Miner, job: str,
                     "num_captions": len(x.cap), "embedding_dim": int(x.img.shape[1]),
                     "split_sha256": split},
         "plan": {"block_size": miner.plan.block, "devices": miner.plan.devices,
-                 "processes": processes, "steps": len(miner.steps)},
+                 "processes": processes, "steps": miner.steps},
     })

@@ -15,22 +15,27 @@ Scores are exact float32 dot products (the authors score in fp16, which creates 
 scores are listed by ascending index. The authors store H_t=2000 / H_i=400 and sample from the
 first 300 / 60; ``h_t`` and ``h_i`` are parameters here.
 
-Algorithm (``backend="jax"``): one jitted program per *step*, one block of ``block_size`` image
-rows on each device of a ``data`` mesh axis (``shard_map``). Each device computes its
+Algorithm (``backend="jax"``): each device of a ``data`` mesh axis takes a contiguous range of
+the images and walks it in blocks of ``block_size`` rows, one block per *step* on every device at
+once (one jitted program, ``shard_map``, no communication). Each device computes its
 ``[block, M]`` float32 score block once, for both directions:
 
 - i2t: ``lax.top_k`` of the block's rows (positives masked to -inf);
 - t2i: the block's columns are cut into groups of 32 images, each keeping its 5 best scores and
-  the 6th as a bound (``_column_candidates``); each caption's candidates are reduced with
-  ``lax.top_k`` and merged into a running ``[M, H_i]`` list (sharded over captions), earlier
-  images first. A caption whose final H_i-th score does not beat every bound of its column is
-  recomputed exactly (rare; see ``_GROUP``), so the lists are exact.
+  the 6th as a bound (``_column_candidates``); the candidates are merged with one ``lax.top_k``
+  into the device's own running ``[M, H_i]`` lists (its earlier images first). At the end the
+  devices' lists are merged in image order (``merge_lists``), as processes' lists are. A caption
+  whose final H_i-th score does not beat every bound of its column is recomputed exactly (rare;
+  see ``_GROUP``), so the lists are exact.
 
-XLA's ``top_k`` on CPU is a serial heap (~4 ns per score, as much as the matmul that made the
-score); the group pass hands it only a sixth of the t2i scores. Memory per device is the score
-block, ``O(block_size * M)``, plus the ``[M, H_i]`` lists; the ``[N, M]`` matrix never exists.
-A step is the unit the resumable job (``itm_jax.aoq.job``) saves: each step also reports which
-t2i entries it put into the running lists (``new``), so the job saves that change only.
+Ties are broken by the order images are seen (earlier blocks, then a block's candidates in
+order), the same on any number of devices or processes: every device's blocks follow the
+previous device's. XLA's ``top_k`` on CPU is a serial heap (~4 ns per score, as much as the
+matmul that made the score); the group pass hands it only a sixth of the t2i scores, and each
+step merges them into the lists in a single ``top_k``. Memory per device is the score block,
+``O(block_size * M)``, plus its ``[M, H_i]`` lists; the ``[N, M]`` matrix never exists. A step is
+the unit the resumable job (``itm_jax.aoq.job``) saves: each step also reports which entries of
+each device's lists it put in (``new``), so the job saves that change only.
 
 ``backend="faiss"`` (``pip install itm_jax[bench]``) mines the same steps with ``IndexFlatIP``
 searches (k plus the most positives a query can have; positives then dropped), as a cross-check.
@@ -191,10 +196,6 @@ def _make_plan(n: int, block_size: int, devices: int) -> _Plan:
     return _Plan(_GROUP * math.ceil(n / (devices * steps) / _GROUP), devices)
 
 
-def _pad_captions(m: int, devices: int) -> int:
-    return -(-m // (8 * devices)) * 8 * devices  # the t2i lists are split over the devices
-
-
 def _scores(img, caps):
     """``[B, M]`` float32 scores ``img @ caps.T`` (full float32 precision on every backend)."""
     return lax.dot_general(img, caps, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
@@ -207,65 +208,36 @@ def _negatives(s, img_code, img_pad, cap_code):
 
 
 def _merge_rows(state_v, state_i, new_v, new_i, k: int):
-    """Top ``k`` of ``[state | new]`` per row (the state holds earlier images)."""
+    """Top ``k`` of ``[state | new]`` per row (the state holds earlier images) and its positions
+    in ``[state | new]``: the state's survivors are its first entries, in order (``top_k`` is
+    stable)."""
     top, pos = _top_k(jnp.concatenate([state_v, new_v], axis=1), k)
-    return top, jnp.take_along_axis(jnp.concatenate([state_i, new_i], axis=1), pos, axis=1)
+    return top, jnp.take_along_axis(jnp.concatenate([state_i, new_i], axis=1), pos, axis=1), pos
 
 
-def _device_block(x, code, pad, first, caps, cap_code, *, k_t: int, h_i: int, mp: int):
-    """One device's block of rows ``[block, D]``: the top ``k_t`` captions of each row, positives
-    included (``k_t`` = h_t + the most captions a picture has; the caller drops them), and per
-    caption (padded to ``mp``) the top ``h_i`` of its candidates and the largest dropped score."""
-    m = caps.shape[0]
+def _device_step(x, code, pad, first, caps, cap_code, state_v, state_i, state_b, *, k_t: int,
+                 h_i: int):
+    """One device's block of rows ``[block, D]`` and its t2i lists ``[1, M, h_i]``: the top
+    ``k_t`` captions of each row, positives included (``k_t`` = h_t + the most captions a picture
+    has; the caller drops them), the lists with the block's candidates merged in, the bounds
+    ``[1, M]`` (largest dropped score) and ``new [1, M, h_i]``: the entries from this block."""
     s = _scores(x, caps)  # [block, M]
     i2t_v, i2t_i = _top_k(s, k_t)
     cand_v, cand_i, bound = _column_candidates(_negatives(s, code, pad, cap_code), first[0])
-    k = min(h_i, cand_v.shape[0])
-    top, pos = _top_k(cand_v.T, k)  # [M, k]
-    index = jnp.take_along_axis(cand_i.T, pos, axis=1)
-    to_mp = lambda a, v: jnp.pad(a, ((0, mp - m),) + ((0, h_i - k),) * (a.ndim - 1),
-                                 constant_values=v)
-    return (i2t_v, i2t_i, to_mp(top, -jnp.inf)[None], to_mp(index, 0)[None],
-            to_mp(bound, -jnp.inf)[None])
+    top, index, pos = _merge_rows(state_v[0], state_i[0], cand_v.T, cand_i.T, h_i)
+    return (i2t_v, i2t_i, top[None], index[None], jnp.maximum(state_b[0], bound)[None],
+            (pos >= h_i)[None])
 
 
-def _device_merge(part_v, part_i, part_b, state_v, state_i, state_b, *, h_i: int, fresh: bool):
-    """A device's slice of captions: the running t2i lists with every device's candidates
-    ``[devices, captions, h_i]`` (devices in image order, after the state's earlier images;
-    ``fresh``: the state is still empty). Also returns ``new [captions, h_i]``: the entries that
-    came from the candidates, not from the state."""
-    flat = lambda a: a.transpose(1, 0, 2).reshape(a.shape[1], -1)
-    bound = part_b.max(axis=0)
-    every = jnp.ones(state_v.shape, bool)
-    if not fresh:
-        # The state's survivors are its first entries, in order (top_k is stable); the rest
-        # came from this step's candidates, which is all a resumed job needs to redo the merge.
-        top, pos = _top_k(jnp.concatenate([state_v, flat(part_v)], axis=1), h_i)
-        index = jnp.take_along_axis(jnp.concatenate([state_i, flat(part_i)], axis=1), pos, axis=1)
-        return top, index, jnp.maximum(state_b, bound), pos >= h_i
-    if part_v.shape[0] == 1:
-        return part_v[0], part_i[0], bound, every
-    top, pos = _top_k(flat(part_v), h_i)
-    return top, jnp.take_along_axis(flat(part_i), pos, axis=1), bound, every
-
-
-@functools.partial(jax.jit, static_argnames=("mesh", "k_t", "h_i", "fresh"),
-                   donate_argnums=(6, 7, 8))
+@functools.partial(jax.jit, static_argnames=("mesh", "k_t", "h_i"), donate_argnums=(6, 7, 8))
 def _step(x, code, pad, first, caps, cap_code, state_v, state_i, state_b, *, mesh: Mesh,
-          k_t: int, h_i: int, fresh: bool):
-    """A step's rows ``[devices * block, D]`` (a block per device of ``mesh``): their i2t
-    candidates and the t2i state ``[Mp, h_i]`` (sharded over captions) with their columns
-    merged, and which state entries are new (``fresh``: the state holds no image yet)."""
+          k_t: int, h_i: int):
+    """A step: a block of rows per device of ``mesh`` (``[devices * block, D]``), each merged into
+    that device's own t2i lists (``[devices, M, h_i]``, sharded over devices): no communication."""
     rows, repl = P("data"), P()
-    i2t_v, i2t_i, part_v, part_i, part_b = jax.shard_map(
-        functools.partial(_device_block, k_t=k_t, h_i=h_i, mp=state_v.shape[0]),
-        mesh=mesh, in_specs=(rows,) * 4 + (repl,) * 2, out_specs=(rows,) * 5,
-    )(x, code, pad, first, caps, cap_code)
-    cols = P(None, "data")
-    state = jax.shard_map(functools.partial(_device_merge, h_i=h_i, fresh=fresh), mesh=mesh,
-                          in_specs=(cols, cols, cols) + (rows,) * 3, out_specs=(rows,) * 4,
-                          )(part_v, part_i, part_b, state_v, state_i, state_b)
-    return (i2t_v, i2t_i) + state
+    return jax.shard_map(functools.partial(_device_step, k_t=k_t, h_i=h_i), mesh=mesh,
+                         in_specs=(rows,) * 4 + (repl,) * 2 + (rows,) * 3, out_specs=(rows,) * 6,
+                         )(x, code, pad, first, caps, cap_code, state_v, state_i, state_b)
 
 
 class _JaxMiner:
@@ -274,7 +246,6 @@ class _JaxMiner:
     def __init__(self, x: Inputs, plan: _Plan, h_t: int, h_i: int, devices):
         self.x, self.plan, self.h_t, self.h_i = x, plan, h_t, h_i
         self.mesh = Mesh(np.asarray(devices), ("data",))
-        self.m, self.mp = len(x.cap), _pad_captions(len(x.cap), len(devices))
         repl = NamedSharding(self.mesh, P())
         self.rows = NamedSharding(self.mesh, P("data"))
         self.caps = jax.device_put(x.cap, repl)
@@ -282,36 +253,34 @@ class _JaxMiner:
         # Rows are mined with their positives, dropped afterwards: a picture has at most
         # `positives` captions.
         self.k_t = h_t + int(np.bincount(x.cap_code).max(initial=0))
-        self.set_state(*empty_state(self.m, h_i), fresh=True)
+        self.set_state(*empty_state(plan.devices, len(x.cap), h_i))
 
-    def step(self, start: int, x: np.ndarray, code: np.ndarray):
-        """Mines image rows ``[start, start + len(x))`` (at most a step); returns their i2t
-        ``(values, index)``, folds their columns into the running t2i lists and returns which
-        entries of those are new (a ``[M, h_i]`` bool array, left on the device)."""
-        n, rows = len(x), self.plan.rows
-        first = start + self.plan.block * np.arange(self.plan.devices)
+    def step(self, starts: np.ndarray, rows: np.ndarray):
+        """Mines a block of image rows from each of ``starts [devices]`` (``rows``: the images,
+        those of the blocks that exist); returns their i2t ``(values, index)``, merges their
+        columns into each device's t2i lists and returns which entries of those are new (a
+        ``[devices, M, h_i]`` bool array, left on the device)."""
+        block = self.plan.block
+        at = (starts[:, None] + np.arange(block)).ravel()
+        real = at < len(self.x.img)
+        take = np.where(real, at, 0)
         args = [jax.device_put(a, self.rows) for a in (
-            np.pad(x, ((0, rows - n), (0, 0))), np.pad(code, (0, rows - n), constant_values=-1),
-            np.arange(rows) >= n, first.astype(np.int32))]
+            self.x.img[take], np.where(real, self.x.img_code[take], -1), ~real,
+            starts.astype(np.int32))]
         i2t_v, i2t_i, *self.state, new = _step(
             *args, self.caps, self.cap_code, *self.state, mesh=self.mesh, k_t=self.k_t,
-            h_i=self.h_i, fresh=self.fresh)
-        self.fresh = False
-        values, index = np.asarray(i2t_v)[:n], np.asarray(i2t_i)[:n]
+            h_i=self.h_i)
+        values, index = np.asarray(i2t_v)[real], np.asarray(i2t_i)[real]
+        code = self.x.img_code[rows]
         i2t = _first_kept(values, index, self.x.cap_code[index] != code[:, None], self.h_t)
-        return i2t + (new[:self.m],)
+        return i2t + (new,)
 
     def get_state(self):
-        return tuple(np.asarray(a)[:self.m] for a in self.state)
+        return tuple(np.asarray(a) for a in self.state)
 
-    def set_state(self, values: np.ndarray, index: np.ndarray, bound: np.ndarray, *,
-                  fresh: bool):
-        """The running t2i lists ``[M, h_i]`` and bounds ``[M]`` (``fresh``: before any step)."""
-        pad = self.mp - self.m
-        self.fresh = fresh
-        self.state = [jax.device_put(a, self.rows) for a in (
-            np.pad(values, ((0, pad), (0, 0)), constant_values=-np.inf),
-            np.pad(index, ((0, pad), (0, 0))), np.pad(bound, (0, pad), constant_values=-np.inf))]
+    def set_state(self, values: np.ndarray, index: np.ndarray, bound: np.ndarray):
+        """Each device's t2i lists ``[devices, M, h_i]`` and bounds ``[devices, M]``."""
+        self.state = [jax.device_put(a, self.rows) for a in (values, index, bound)]
 
 
 def _bucket(n: int) -> int:
@@ -327,7 +296,7 @@ def _exact_columns_fn(img, img_code, img_pad, caps, cap_code, *, k: int, block: 
         xb, cb, pb, start = args
         s = _negatives(_scores(xb, caps), cb, pb, cap_code)
         rows = start + lax.broadcasted_iota(jnp.int32, s.T.shape, 1)
-        return _merge_rows(*state, s.T, rows, k), None
+        return _merge_rows(*state, s.T, rows, k)[:2], None
 
     f, blocks = caps.shape[0], img.shape[0] // block
     init = (jnp.full((f, k), -jnp.inf, jnp.float32), jnp.zeros((f, k), jnp.int32))
@@ -385,16 +354,28 @@ def merge_np(state_v, state_i, new_v, new_i, k: int):
             order >= state_v.shape[1])
 
 
-def empty_state(m: int, h_i: int):
-    """The t2i lists before any image: values -inf, index 0 ``[m, h_i]``, bounds -inf ``[m]``."""
-    return (np.full((m, h_i), -np.inf, np.float32), np.zeros((m, h_i), np.int32),
-            np.full((m,), -np.inf, np.float32))
+def merge_lists(values: np.ndarray, index: np.ndarray, bound: np.ndarray):
+    """One t2i list per caption from ``L`` lists of consecutive image ranges, in image order:
+    ``values, index [L, M, h_i]``, ``bound [L, M]`` -> ``[M, h_i]``, ``[M]``."""
+    if len(values) == 1:
+        return values[0], index[0], bound[0]
+    flat = lambda a: a[1:].transpose(1, 0, 2).reshape(a.shape[1], -1)
+    return (*merge_np(values[0], index[0], flat(values), flat(index), values.shape[2])[:2],
+            bound.max(axis=0))
+
+
+def empty_state(lists: int, m: int, h_i: int):
+    """``lists`` t2i lists before any image: values -inf, index 0 ``[lists, m, h_i]``, bounds
+    -inf ``[lists, m]``."""
+    return (np.full((lists, m, h_i), -np.inf, np.float32), np.zeros((lists, m, h_i), np.int32),
+            np.full((lists, m), -np.inf, np.float32))
 
 
 class _FaissMiner:
-    """``backend="faiss"``: per step, ``IndexFlatIP`` over the captions searched by the step's
-    images (i2t) and over the step's images searched by every caption (t2i); each search asks
-    for ``k`` plus the most positives any query can have, and drops the positives."""
+    """``backend="faiss"`` (one list, steps of one block): per step, ``IndexFlatIP`` over the
+    captions searched by the step's images (i2t) and over the step's images searched by every
+    caption (t2i); each search asks for ``k`` plus the most positives any query can have, and
+    drops the positives."""
 
     def __init__(self, x: Inputs, h_t: int, h_i: int):
         try:
@@ -408,37 +389,38 @@ class _FaissMiner:
         pictures = int(x.img_code.max(initial=-1)) + 1
         self.extra_t = int(np.bincount(x.cap_code, minlength=pictures).max(initial=0))
         self.extra_i = int(np.bincount(x.img_code, minlength=pictures).max(initial=0))
-        self.state = empty_state(len(x.cap), h_i)  # exact: the bounds stay -inf
+        self.state = empty_state(1, len(x.cap), h_i)  # exact: the bounds stay -inf
 
-    def step(self, start: int, img: np.ndarray, code: np.ndarray):
+    def step(self, starts: np.ndarray, rows: np.ndarray):
         x = self.x
+        img, code = x.img[rows], x.img_code[rows]
         values, index = self.caps.search(img, min(self.h_t + self.extra_t, len(x.cap)))
         i2t = _canonical(*_first_kept(values, index, x.cap_code[index] != code[:, None], self.h_t))
         step = self.faiss.IndexFlatIP(img.shape[1])
         step.add(img)
         values, index = step.search(x.cap, min(self.h_i + self.extra_i, len(img)))
-        part = _first_kept(values, index + start, code[index] != x.cap_code[:, None], self.h_i)
-        *lists, new = merge_np(*self.state[:2], *_canonical(*part), self.h_i)
-        self.state = (*lists, self.state[2])
-        return i2t + (new,)
+        part = _first_kept(values, rows[index], code[index] != x.cap_code[:, None], self.h_i)
+        *lists, new = merge_np(self.state[0][0], self.state[1][0], *_canonical(*part), self.h_i)
+        self.state = (lists[0][None], lists[1][None], self.state[2])
+        return i2t + (new[None],)
 
     def get_state(self):
         return self.state
 
-    def set_state(self, values: np.ndarray, index: np.ndarray, bound: np.ndarray, *,
-                  fresh: bool):
-        del fresh  # the merge is the same on an empty state
+    def set_state(self, values: np.ndarray, index: np.ndarray, bound: np.ndarray):
         self.state = (values, index, bound)
 
 
 # ----- the steps ---------------------------------------------------------------------------
 class Miner:
-    """Steps of image rows (a block per device) and the backend that mines them; process ``p`` of
-    ``P`` takes a contiguous range of steps.
+    """Steps of image rows and the backend that mines them. Process ``p`` of ``P`` takes a
+    contiguous range of steps (``share``), so a contiguous range of images; each of its devices
+    takes a contiguous part of that range and mines it one block per step into its own t2i lists
+    (``blocks``).
 
     Attributes:
-      x: the inputs; plan: the blocks; steps: ``[(start, stop)]`` image rows of each step;
-      engine: the backend's miner, holding the running t2i lists (``get_state`` /
+      x: the inputs; plan: the blocks; steps: how many steps (of all processes);
+      engine: the backend's miner, holding each device's running t2i lists (``get_state`` /
       ``set_state``).
     """
 
@@ -450,34 +432,52 @@ class Miner:
         n = len(x.img)
         self.x, self.h_t, self.h_i, self.backend = x, h_t, h_i, backend
         self.plan = _make_plan(n, block_size, len(devices) if backend == "jax" else 1)
-        self.steps = [(s, min(s + self.plan.rows, n)) for s in range(0, n, self.plan.rows)]
+        self.steps = math.ceil(n / self.plan.rows)
         self.engine = (_JaxMiner(x, self.plan, h_t, h_i, devices) if backend == "jax"
                        else _FaissMiner(x, h_t, h_i))
 
     def share(self, process: int, processes: int) -> range:
         """Indices of the steps that ``process`` mines."""
-        c = len(self.steps)
+        c = self.steps
         return range(process * c // processes, (process + 1) * c // processes)
 
-    def run(self, steps, *, done=None, progress: bool = True):
-        """Mines ``steps`` (indices) in order; ``done(c, values, index, new)`` after each one:
-        the step's i2t rows and the ``[M, h_i]`` mask of the t2i entries it added."""
-        total = sum(math.ceil((self.steps[c][1] - self.steps[c][0]) / self.plan.block)
-                    for c in steps)
-        with _progress_bar(total, progress) as bar:
-            for c in steps:
-                start, stop = self.steps[c]
-                values, index, new = self.engine.step(start, self.x.img[start:stop],
-                                                      self.x.img_code[start:stop])
+    def blocks(self, share: range, c: int) -> np.ndarray:
+        """The first image row of each device's block ``[devices]`` in step ``c`` of ``share``:
+        device ``d`` mines blocks ``d * len(share)`` to ``(d + 1) * len(share) - 1`` of the
+        share's images (those past the last image are padding)."""
+        d, devices = np.arange(self.plan.devices), self.plan.devices
+        return self.plan.block * (share.start * devices + d * len(share) + c - share.start)
+
+    def rows(self, starts: np.ndarray) -> np.ndarray:
+        """The images of the blocks starting at ``starts``, in order."""
+        n = len(self.x.img)
+        return np.concatenate([np.zeros(0, np.intp)] + [
+            np.arange(min(s, n), min(s + self.plan.block, n)) for s in starts])
+
+    def run(self, share: range, *, skip: int = 0, done=None, progress: bool = True):
+        """Mines the steps of ``share`` after its first ``skip`` ones, in order (the devices' lists
+        hold the first ``skip``); ``done(c, values, index, new)`` after each one: the step's i2t
+        rows (``rows(blocks(share, c))``) and the ``[devices, M, h_i]`` mask of the t2i entries
+        it added."""
+        with _progress_bar((len(share) - skip) * self.plan.devices, progress) as bar:
+            for c in share[skip:]:
+                starts = self.blocks(share, c)
+                values, index, new = self.engine.step(starts, self.rows(starts))
                 if done is not None:
                     done(c, values, index, new)
-                bar.update(math.ceil((stop - start) / self.plan.block))
+                bar.update(self.plan.devices)
 
-    def finish(self, i2t_parts, t2i_state) -> Mined:
-        """The lists from the steps' i2t rows ``[(values, index)]`` (in order) and the t2i state
-        ``(values, index, bound)`` after every step."""
-        i2t_v, i2t_i = _concat(i2t_parts, self.h_t)
-        t2i_v, t2i_i = _finish_t2i(self.x, *t2i_state, self.h_i, self.plan.block)
+    def finish(self, i2t_parts, t2i_lists, processes: int = 1) -> Mined:
+        """The lists from every step's i2t rows ``[(values, index)]`` (steps in order, shared by
+        ``processes``) and every device's t2i lists after its steps ``(values, index [L, M, h_i],
+        bound [L, M])`` (process 0's devices first)."""
+        rows = self.rows(np.concatenate([np.zeros(0, np.intp)] + [
+            self.blocks(share, c) for p in range(processes)
+            for share in [self.share(p, processes)] for c in share]))
+        v, i = _concat(i2t_parts, self.h_t)
+        i2t_v, i2t_i = np.empty_like(v), np.empty_like(i)
+        i2t_v[rows], i2t_i[rows] = v, i
+        t2i_v, t2i_i = _finish_t2i(self.x, *merge_lists(*t2i_lists), self.h_i, self.plan.block)
         return Mined(i2t_i, t2i_i.astype(np.int32), i2t_v, t2i_v.astype(np.float32))
 
 
@@ -515,7 +515,7 @@ def mine_arrays(img_emb, cap_emb, cap_to_img, *, image_ids=None, h_t: int = 300,
     x = prepare(img_emb, cap_emb, cap_to_img, image_ids, h_t, h_i)
     miner = Miner(x, h_t=h_t, h_i=h_i, backend=backend, block_size=block_size, devices=devices)
     parts = []
-    miner.run(range(len(miner.steps)), done=lambda c, v, i, new: parts.append((v, i)),
+    miner.run(range(miner.steps), done=lambda c, v, i, new: parts.append((v, i)),
               progress=progress)
     return miner.finish(parts, miner.engine.get_state())
 
