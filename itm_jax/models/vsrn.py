@@ -23,7 +23,14 @@ from flax import nnx
 
 from itm_jax.models.image import xavier_linear
 from itm_jax.models.regions import torch_gru_cell
-from itm_jax.models.text import _check_dims, _check_dropout, _rng_stream, _symmetric_uniform
+from itm_jax.models.text import (
+    _check_dims,
+    _check_dropout,
+    _check_inputs,
+    _rng_stream,
+    _symmetric_uniform,
+    _valid_mask,
+)
 
 VARIANTS = ("coco", "f30k")
 NUM_GCN_BLOCKS = 4
@@ -301,15 +308,15 @@ def caption_targets(tokens: jax.Array, lengths: jax.Array, *,
     first pad after it (predicting 0 after ``<end>``), as the authors' labels ``[:, 1:]`` and
     masks ``[:, 1:]``. ``mask`` is float32.
     """
-    tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
+    tokens, lengths = _check_inputs(tokens, lengths, "caption_targets")
     if max_len < 2:
         raise ValueError(f"caption_targets needs max_len >= 2 (max_len - 1 decoded steps); got "
                          f"{max_len}.")
-    b, seq = tokens.shape
+    seq = tokens.shape[1]
     steps = min(max_len - 1, seq)
-    padded = jnp.where(jnp.arange(seq)[None] < lengths[:, None], tokens, 0)
+    padded = jnp.where(_valid_mask(lengths, seq), tokens, 0)
     padded = jnp.pad(padded, ((0, 0), (0, 1)))  # [B, L + 1]: the pad after a full caption
-    mask = (jnp.arange(steps)[None] < lengths[:, None]).astype(jnp.float32)
+    mask = _valid_mask(lengths, steps).astype(jnp.float32)
     return padded[:, :steps], padded[:, 1: steps + 1], mask
 
 
