@@ -136,12 +136,17 @@ def smoke(c, *, image: str) -> None:
     a CPU.
 
     ``image="cnn"`` swaps the CNN for ``small_cnn`` on the 64x64 ``synthetic_images``;
-    ``image="precomp"`` uses the ``synthetic`` precomputed features. Every stage runs 2 steps
-    (a single-stage config 3); one validation at the end. The test split is evaluated with the
-    ``all`` protocol (the ``coco`` protocol needs the 5,000-image test set).
+    ``image="precomp"`` uses the ``synthetic`` precomputed features; ``image="regions"`` their
+    region form (4 regions: the scene and one per object) for the region models (SCAN, BFAN,
+    VSRN), whose encoders stay. Every stage runs 2 steps (a single-stage config 3); one
+    validation at the end. The test split is evaluated with the ``all`` protocol (the ``coco``
+    protocol needs the 5,000-image test set).
     """
     if image == "precomp":
         c.data.name, c.model.image = "synthetic", "precomp"
+    elif image == "regions":
+        c.data.name = "synthetic"
+        c.data.synthetic.regions = 4
     else:
         c.data.name, c.model.image = "synthetic_images", "small_cnn"
         c.model.small_cnn_dim = 16

@@ -86,6 +86,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.small_cnn_dim = 128
     c.model.mobilenet_alpha = 1.0
     c.model.pretrained = ""  # .npz from `python -m itm_jax.models.convert_weights`
+    # Region models (AOQ's base models). VSRN: model.image="vsrn" on region features, its
+    # data-set variant ("coco": channels normalised over regions after fc; "f30k": BatchNorm on
+    # the image GRU's state instead) and the caption branch (loss "caption_generation").
+    c.model.vsrn_variant = "coco"
+    c.model.caption_generator = False
+    # SCAN / BFAN: model.image="regions", model.text="bigru_words" and model.scorer="scan" or
+    # "bfan", with the options of itm_jax.similarity.scan_scores / bfan_scores; "dot" scores
+    # global embeddings.
+    c.model.scorer = "dot"
+    c.model.scan = ml_collections.ConfigDict(dict(
+        direction="t2i", raw_feature_norm="clipped_l2norm", agg="mean", lambda_softmax=9.0,
+        lambda_lse=6.0))
+    c.model.bfan = ml_collections.ConfigDict(dict(focal="equal", lambda_softmax=20.0))
 
     # The objective: a list of {name, weight, **hyper-parameters} (itm_jax.losses names); the
     # `loss=` preset picks one of LOSSES (the demo's ablation), VSE++'s max of hinges by default.

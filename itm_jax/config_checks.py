@@ -31,9 +31,9 @@ from itm_jax.data.datasets import DATASETS
 from itm_jax.errors import ConfigError
 from itm_jax.evaluation.metrics import PROTOCOLS
 from itm_jax.losses import _common
-from itm_jax.models import dual_encoder
+from itm_jax.models import dual_encoder, set_encoder, vsrn
 from itm_jax.models.text import GRU_IMPLS
-from itm_jax.objective import required_outputs
+from itm_jax.objective import GLOBAL_OUTPUTS, required_outputs
 from itm_jax.training.optim import make_optimizer, make_stages
 
 # Fields that cannot change the numbers a run trains, as dotted names or prefixes (``mesh``
@@ -329,6 +329,43 @@ def _check_model(model, losses) -> None:
             raise _error("model.classifier", model.classifier,
                          f"{classifier!r} for the losses reading {output}",
                          f"pass --config.model.classifier={classifier}")
+    _check_region_models(model, losses)
+
+
+def _check_region_models(model, losses) -> None:
+    """Scorers, their options, and the losses a model of region and word sets can feed."""
+    scorer = model.get("scorer", "dot")
+    _choice("model.scorer", scorer, ("dot", *set_encoder.SCORERS))
+    _choice("model.vsrn_variant", model.get("vsrn_variant", "coco"), vsrn.VARIANTS)
+    names = [spec["name"] for spec in losses]
+    if ("caption_generation" in names) != bool(model.get("caption_generator", False)):
+        raise ConfigError(
+            "config.model.caption_generator and the loss 'caption_generation' go together (VSRN's "
+            "caption branch and its term): set both, or neither.")
+    if model.image != "regions":
+        return
+    if scorer == "dot":
+        raise _error("model.scorer", scorer, ", ".join(set_encoder.SCORERS),
+                     "model.image='regions' is scored by attention: pass --config.model.scorer=scan")
+    options = dict(model[scorer])
+    fn = getattr(similarity, f"{scorer}_scores")
+    valid = [p for p, v in inspect.signature(fn).parameters.items() if v.kind is v.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"config.model.{scorer}.{unknown[0]}: {fn.__name__} has no option "
+                          f"{unknown[0]!r}; valid: {', '.join(valid)}.")
+    try:  # the score checks its own options; one tiny pair is enough to run them
+        x = jax.numpy.ones((1, 1, 2))
+        fn(x, x, jax.numpy.ones((1,), jax.numpy.int32), **options)
+    except ValueError as e:
+        raise ConfigError(f"config.model.{scorer}: {e}") from None
+    needs = sorted(required_outputs(losses) & set(GLOBAL_OUTPUTS))
+    if needs:
+        readers = [n for n in names if required_outputs([{"name": n}]) & set(needs)]
+        raise ConfigError(
+            f"config.losses: {', '.join(readers)} reads global embeddings ({', '.join(needs)}), "
+            "which model.image='regions' (sets of regions and words scored by attention) does "
+            "not have: use a loss of the score matrix, e.g. max_of_hinges.")
 
 
 # ----- config drift ----------------------------------------------------------------------------

@@ -12,6 +12,8 @@ Model outputs (a mapping; a loss only reads the keys it needs):
   ``labels [B]``: class / identity ids. ``cls_weight [D, C]``: the CMPC classifier.
   ``img_logits, txt_logits [B, C]``: shared-classifier logits (instance loss).
   ``s_i_toff, s_ioff_t, s_ioff_toff, s_itilde_ttilde [B]``: AOQ offline scores.
+  ``caption_log_probs [B, T, V]``, ``caption_targets, caption_mask [B, T]``: VSRN's caption
+  branch (``model.caption_generator``).
   ``positives [B, B]`` (optional): bool mask, passed to every loss that takes one.
 """
 
@@ -40,6 +42,7 @@ _ARGUMENTS = {
     "cmpc": ("img_feat", "txt_feat", "labels", "cls_weight"),
     "instance_loss": ("img_logits", "txt_logits", "labels"),
     "aoq_loss": ("scores", "s_i_toff", "s_ioff_t", "s_ioff_toff", "s_itilde_ttilde"),
+    "caption_generation": ("caption_log_probs", "caption_targets", "caption_mask"),
 }
 
 
@@ -103,11 +106,29 @@ def outputs_from_features(
         "scores": img_emb @ txt_emb.T,  # [B, B]
         **extra,
     }
+    return _with_ids(out, image_ids, labels)
+
+
+def outputs_from_sets(img_set, txt_set, scorer, *, image_ids: jax.Array | None = None,
+                      labels: jax.Array | None = None, **extra: jax.Array) -> dict[str, jax.Array]:
+    """Model outputs of a batch from sets: regions ``[B, R, D]`` and words ``{"words": [B, L, D],
+    "length": [B]}``, scored by ``scorer`` (``itm_jax.scoring.AttentionScorer``) into the global
+    ``scores [B, B]``. There are no embeddings: losses that read them need a global model.
+    ``image_ids``, ``labels`` and ``extra``: as in ``outputs_from_features``."""
+    return _with_ids({"scores": scorer(img_set, txt_set), **extra}, image_ids, labels)
+
+
+def _with_ids(out: dict, image_ids, labels) -> dict:
     if image_ids is not None:
         out["positives"] = L.positives_from_ids(image_ids, image_ids)
     if labels is not None:
         out["labels"] = labels
     return out
+
+
+# Outputs only a model of global embeddings has: a set model's regions and words have no
+# single vector per image or caption.
+GLOBAL_OUTPUTS = ("img_feat", "txt_feat", "img_emb", "txt_emb")
 
 
 def required_outputs(loss_specs: Sequence[Mapping]) -> set[str]:
@@ -143,6 +164,11 @@ def objective(
         weight, label = spec.pop("weight", 1.0), spec.pop("label", name)
         del spec["name"]
         missing = [k for k in _ARGUMENTS[name] if k not in outputs]
+        if missing and "scores" in outputs and set(missing) <= set(GLOBAL_OUTPUTS):
+            raise ValueError(
+                f"Loss {name!r} needs global embeddings ({', '.join(missing)}); this model scores "
+                "sets of regions and words by attention: use a loss of the score matrix "
+                f"({', '.join(n for n, a in _ARGUMENTS.items() if a[0] == 'scores' and len(a) == 1)}).")
         if missing:
             raise ValueError(f"Loss {name!r} needs model outputs {missing}; got {sorted(outputs)}.")
         fn = L.get(name)

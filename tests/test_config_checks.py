@@ -260,3 +260,36 @@ def test_drift_of_real_presets_names_the_loss():
     saved = _json(load("vse_f30k", "loss=mh"))
     new = _json(load("vse_f30k", "loss=sh"))
     assert config_drift(saved, new) == [("losses.0.name", "max_of_hinges", "sum_of_hinges")]
+
+
+REGION_MISTAKES = {  # (config, preset, mutation, text the message must hold)
+    "scan option value": ("scan_f30k.py", "smoke", _set("model.scan.agg", "median"),
+                          ["config.model.scan", "agg='median'", "logsumexp"]),
+    "scan option name": ("scan_f30k.py", "smoke", _set("model.scan.lambda", 9.0),
+                         ["config.model.scan.lambda", "lambda_softmax"]),
+    "bfan focal": ("bfan_f30k.py", "smoke", _set("model.bfan.focal", "soft"),
+                   ["config.model.bfan", "focal"]),
+    "set model, dot scorer": ("scan_f30k.py", "smoke", _set("model.scorer", "dot"),
+                              ["config.model.scorer='dot'", "scan, bfan"]),
+    "unknown scorer": ("scan_f30k.py", "smoke", _set("model.scorer", "clip"),
+                       ["config.model.scorer='clip'", "dot, scan, bfan"]),
+    "set model, embedding loss": ("scan_f30k.py", "smoke",
+                                  _set("losses.0", {"name": "imc", "margin": 0.2}),
+                                  ["imc reads global embeddings", "max_of_hinges"]),
+    "caption term without branch": ("vsrn_f30k.py", "smoke", _set("model.caption_generator", False),
+                                    ["caption_generator", "caption_generation"]),
+    "vsrn variant": ("vsrn_f30k.py", "smoke", _set("model.vsrn_variant", "f8k"),
+                     ["config.model.vsrn_variant='f8k'", "coco, f30k"]),
+}
+
+
+@pytest.mark.parametrize("name", REGION_MISTAKES)
+def test_region_model_mistakes_are_one_line(name):
+    config_file, arg, mutate, expected = REGION_MISTAKES[name]
+    config = load_config(config_file, arg)
+    validate(config)
+    mutate(config)
+    with pytest.raises(ConfigError) as err:
+        validate(config)
+    message = str(err.value)
+    assert "\n" not in message and all(text in message for text in expected), message

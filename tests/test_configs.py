@@ -42,7 +42,11 @@ CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not i
 # Presets each config family accepts (besides `smoke`, which every config accepts).
 FAMILY_PRESETS = {"vse": ["loss=sh", "loss=mh"], "convse": ["loss=csn", "loss=cmn"],
                   "cmpm": ["", "cmpc"],
-                  "aoq_round2": [f"variant={v}" for v in ("adaptive", "offquin", "offtri", "online")]}
+                  "aoq_round2": [f"variant={v}" for v in ("adaptive", "offquin", "offtri", "online")],
+                  "scan": [f"direction={d},agg={a}" for d in ("t2i", "i2t") for a in ("lse", "avg")],
+                  "bfan": ["focal=equal", "focal=prob"]}
+# Region models keep their encoders in the smoke preset (on synthetic region features).
+REGION_MODELS = ("regions", "vsrn")
 LAUNCH = ["launch/local.sh", "launch/tpu_pod.sh", "launch/slurm_gpu.sbatch", "launch/aoq.sh"]
 
 
@@ -72,7 +76,8 @@ def test_every_config_is_covered():
     expected = {"vse_f30k", "vse_coco", "imc_f30k", "imc_coco", "cmpm_f30k", "cmpm_coco",
                 "cmpm_cuhk_pedes", "dual_path_f30k", "dual_path_coco", "convse_f30k",
                 "convse_coco", "aoq_round1_f30k", "aoq_round1_coco", "aoq_round2_f30k",
-                "aoq_round2_coco"}
+                "aoq_round2_coco", "scan_f30k", "scan_coco", "bfan_f30k", "bfan_coco",
+                "vsrn_f30k", "vsrn_coco"}
     assert set(CONFIGS) == expected
 
 
@@ -165,6 +170,8 @@ def _dummy_outputs(b=6, d=8, classes=10):
         txt_logits=jax.random.normal(k[3], (b, classes)),
         cls_weight=jax.random.normal(k[4], (d, classes)),
         **dict(zip(("s_i_toff", "s_ioff_t", "s_ioff_toff", "s_itilde_ttilde"), offline)),
+        caption_log_probs=jax.nn.log_softmax(jax.random.normal(k[5], (b, 4, classes))),
+        caption_targets=jnp.ones((b, 4), jnp.int32), caption_mask=jnp.ones((b, 4)),
     )
 
 
@@ -235,9 +242,12 @@ def test_stages_match_docstring(name, arg):
 def test_smoke_keeps_the_recipe_and_is_tiny(name, arg):
     full, smoke = load(name, arg.removesuffix("smoke").rstrip(",")), load(name, arg)
     assert smoke.data.name in ("synthetic", "synthetic_images")
-    assert smoke.model.image == ("precomp" if full.model.image == "precomp" else "small_cnn")
+    kept = ("precomp", *REGION_MODELS)
+    assert smoke.model.image == (full.model.image if full.model.image in kept else "small_cnn")
+    assert (smoke.data.synthetic.regions > 0) == (full.model.image in REGION_MODELS)
     for key in ("text", "classifier", "convse_head", "normalize", "image_head", "text_head",
-                "text_dropout", "image_dropout"):
+                "text_dropout", "image_dropout", "scorer", "scan", "bfan", "vsrn_variant",
+                "caption_generator"):
         assert smoke.model[key] == full.model[key], key
     # Sizes shrink, structure stays: LSTM units apart from embed_dim stay apart.
     assert bool(smoke.model.text_hidden) == bool(full.model.text_hidden)
@@ -257,10 +267,14 @@ def test_model_options_build(name, arg):
     ImageNet backbones (tracing ResNet-152 takes long); the heads see its feature size."""
     c = load(name, arg)
     cfg = dict(c.model)
-    if cfg["image"] != "precomp":
+    if cfg["image"] not in ("precomp", *REGION_MODELS):
         cfg.update(image="small_cnn", small_cnn_dim=16)
     model = nnx.eval_shape(lambda: build_dual_encoder(
         cfg, vocab_size=50, num_classes=10, image_dim=8, rngs=nnx.Rngs(0)))
+    if cfg["image"] == "regions":  # sets of regions and words, scored by attention
+        assert model.scorer.name == c.model.scorer
+        assert model.text_encoder.embed_dim == model.image_encoder.embed_dim == c.model.embed_dim
+        return
     text = model.text_encoder if model.txt_head is None else model.txt_head
     assert model.image_encoder.embed_dim == text.out_dim == c.model.embed_dim
 
@@ -277,6 +291,8 @@ SMOKE_RUNS = [
     "dual_path_f30k:smoke",         # text CNN, dual-path head, dropout, shared classifier, 3 stages
     "convse_f30k:loss=cmn,smoke",   # GRU + ConVSE heads; MH frozen -> fine-tuned -> ConVSE++
     "aoq_round1_f30k:smoke",        # precomputed (synthetic) features + GRU, MH
+    "scan_f30k:direction=i2t,agg=lse,smoke",  # region and word sets, SCAN attention scores
+    "vsrn_coco:smoke",              # VSRN reasoning encoder + caption generation term
 ]
 
 

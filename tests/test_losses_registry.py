@@ -11,6 +11,7 @@ from itm_jax import losses
 
 EXPECTED_NAMES = (
     "aoq_loss",
+    "caption_generation",
     "cmpc",
     "cmpm",
     "contrastive_max_negative",
@@ -45,6 +46,9 @@ def _sample_args(name):
         return (rng.normal(size=(b, 4)), rng.normal(size=(b, 4)), labels), {}
     if name == "multimodal_nce":
         return (img, txt), {}
+    if name == "caption_generation":
+        log_probs = np.log(rng.dirichlet(np.ones(6), size=(b, 3)))
+        return (log_probs, rng.integers(0, 6, size=(b, 3)), (rng.uniform(size=(b, 3)) < 0.7) * 1.0), {}
     if name == "aoq_loss":
         diag = np.diag(s)
         return (s, *(diag + rng.uniform(-0.3, 0.1, size=b) for _ in range(4))), {}

@@ -14,12 +14,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import numpy_refs_models_enc as ref
+from itm_jax.losses.caption import caption_generation as caption_loss
 from itm_jax.models.regions import BiGRUWordEncoder, RegionProjection, l2n, torch_gru_cell
 from itm_jax.models.vsrn import (
     CaptionGenerator,
     TorchBatchNorm,
     VSRNImageEncoder,
-    caption_loss,
     caption_targets,
 )
 

@@ -1,7 +1,8 @@
 """Embeddings of a split or of given inputs, batched and sharded over the experiment's mesh.
 
-Every embedding is L2-normalised: cosine scores for every model, also those trained on
-unnormalised outputs (CMPM, the instance loss), as the papers evaluate.
+Every global embedding is L2-normalised: cosine scores for every model, also those trained on
+unnormalised outputs (CMPM, the instance loss), as the papers evaluate. Set models (SCAN,
+BFAN) give their regions and words as their encoders normalise them.
 """
 
 from __future__ import annotations
@@ -18,16 +19,20 @@ from itm_jax.similarity import l2_normalize
 def embed_batches(exp, params, rest, kind: str,
                   batches: Iterable[Mapping[str, np.ndarray]]) -> np.ndarray:
     """``[N, D]`` float32 embeddings of the unmasked rows of process-local ``batches``
-    (``kind``: ``"images"`` or ``"captions"``; each batch has ``mask`` bool ``[B]``).
+    (``kind``: ``"images"`` or ``"captions"``; each batch has ``mask`` bool ``[B]``); for a set
+    model its sets, ``[N, R, D]`` regions or ``{"words": [N, L, D], "length": [N]}``.
 
     ``exp``: an ``itm_jax.experiment.Experiment``; ``params, rest``: its model's weights.
     """
     rows = []
     for batch in batches:
         mask = jax.make_array_from_process_local_data(exp.rows, np.asarray(batch["mask"]))
-        emb = l2_normalize(exp.embed_fn(kind, params, rest, exp.global_batch(batch)))
-        rows.append(np.asarray(emb)[np.asarray(jax.device_get(mask))])
-    return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+        emb = exp.embed_fn(kind, params, rest, exp.global_batch(batch))
+        if exp.scorer is None:  # set models normalise each region and word themselves
+            emb = l2_normalize(emb)
+        keep = np.asarray(jax.device_get(mask))
+        rows.append(jax.tree.map(lambda x, keep=keep: np.asarray(x)[keep], emb))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *rows)
 
 
 def embed_split(exp, params, rest, split: str) -> tuple[np.ndarray, np.ndarray]:

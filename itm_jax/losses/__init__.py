@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from itm_jax.losses.aoq import aoq_loss
+from itm_jax.losses.caption import caption_generation
 from itm_jax.losses.cmpm import cmpc, cmpm
 from itm_jax.losses.convse import (
     contrastive_max_negative,
@@ -34,6 +35,7 @@ _REGISTRY: dict[str, Callable] = {
         contrastive_max_negative,
         multimodal_nce,
         aoq_loss,
+        caption_generation,
     )
 }
 

@@ -33,10 +33,12 @@ from itm_jax.models.text import (
     GRUTextEncoder,
     TextCNN,
 )
+from itm_jax.models.set_encoder import build_set_encoder
+from itm_jax.models.vsrn import CaptionGenerator, VSRNImageEncoder, caption_targets
 from itm_jax.similarity import l2_normalize
 
-IMAGE_ENCODERS = ("precomp", "small_cnn", "resnet50", "resnet152", "mobilenet")
-TEXT_ENCODERS = ("gru", "bilstm_mean", "bilstm_max", "text_cnn")
+IMAGE_ENCODERS = ("precomp", "small_cnn", "resnet50", "resnet152", "mobilenet", "vsrn", "regions")
+TEXT_ENCODERS = ("gru", "bilstm_mean", "bilstm_max", "text_cnn", "bigru_words")
 CLASSIFIERS = ("none", "shared", "norm")
 IMAGE_HEADS = ("linear", "projection_1x1", "dual_path")
 TEXT_HEADS = ("none", "projection_1x1")
@@ -65,6 +67,7 @@ class DualEncoder(nnx.Module):
         img_head: nnx.Module | None = None,
         txt_head: nnx.Module | None = None,
         classifier: nnx.Module | None = None,
+        caption_generator: CaptionGenerator | None = None,
         normalize: bool = True,
     ):
         self.image_encoder = image_encoder
@@ -72,14 +75,20 @@ class DualEncoder(nnx.Module):
         self.img_head = img_head
         self.txt_head = txt_head
         self.classifier = classifier
+        self.caption_generator = caption_generator
         self.normalize = normalize
 
     def embed_images(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         """``[B, D]`` image outputs (the joint-space image embedding)."""
+        return self._image(batch)[0]
+
+    def _image(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array | None]:
+        """The image outputs and, for VSRN's encoder, its refined regions ``[B, N, E]``."""
         x = batch["image_feat"] if "image_feat" in batch else batch["image"]
         x = self.image_encoder(x)
+        x, regions = x if isinstance(self.image_encoder, VSRNImageEncoder) else (x, None)
         x = self.img_head(x) if self.img_head is not None else x
-        return l2_normalize(x) if self.normalize else x
+        return (l2_normalize(x) if self.normalize else x), regions
 
     def embed_captions(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         """``[B, D]`` caption outputs."""
@@ -88,7 +97,12 @@ class DualEncoder(nnx.Module):
         return l2_normalize(x) if self.normalize else x
 
     def __call__(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        out = {"img_feat": self.embed_images(batch), "txt_feat": self.embed_captions(batch)}
+        img_feat, regions = self._image(batch)
+        out = {"img_feat": img_feat, "txt_feat": self.embed_captions(batch)}
+        if self.caption_generator is not None:
+            inputs, targets, mask = caption_targets(batch["tokens"], batch["length"])
+            out.update(caption_log_probs=self.caption_generator(regions, inputs),
+                       caption_targets=targets, caption_mask=mask)
         if isinstance(self.classifier, SharedClassifier):
             out["img_logits"] = self.classifier(out["img_feat"])
             out["txt_logits"] = self.classifier(out["txt_feat"])
@@ -101,7 +115,8 @@ def build_dual_encoder(
     cfg: Mapping[str, Any], *, vocab_size: int, num_classes: int = 0, image_dim: int = 0,
     word_vectors: jax.Array | None = None, rngs: nnx.Rngs,
 ) -> DualEncoder:
-    """``DualEncoder`` from ``config.model``.
+    """``DualEncoder`` from ``config.model`` (``image="regions"``: the ``SetEncoder`` of
+    ``itm_jax.models.set_encoder.build_set_encoder``, scored by ``model.scorer``).
 
     Config fields: ``image`` (one of ``IMAGE_ENCODERS``), ``text`` (one of ``TEXT_ENCODERS``),
     ``embed_dim``, ``word_dim``, ``max_len`` (the text CNN's window), ``normalize`` (L2-normalise
@@ -142,6 +157,16 @@ def build_dual_encoder(
         if value not in valid:
             raise ValueError(f"Unknown model.{field}={value!r}; valid: {', '.join(valid)}.")
     check_options(image, text, opt, convse_head=cfg.get("convse_head", False))
+    if (image == "regions") != (text == "bigru_words"):
+        raise ConfigError("model.image='regions' and model.text='bigru_words' go together: the "
+                          "SCAN/BFAN model of region and word sets (set both, with model.scorer).")
+    if image == "regions":
+        return build_set_encoder(cfg, vocab_size=vocab_size, image_dim=image_dim,
+                                 word_vectors=word_vectors, rngs=rngs)
+    if cfg.get("scorer", "dot") != "dot":
+        raise ConfigError(f"model.scorer={cfg['scorer']!r} scores sets of regions and words: "
+                          "set model.image='regions' and model.text='bigru_words', or "
+                          "model.scorer='dot'.")
     gru_impl = cfg.get("gru_impl", "auto")
     if text != "gru" and gru_impl != "auto":
         raise ConfigError(f"model.gru_impl={gru_impl!r} selects how the GRU encoder runs; "
@@ -150,10 +175,13 @@ def build_dual_encoder(
     # both 1x1-conv heads are built under.
     slim_bn = {"momentum": 0.9997, "epsilon": 1e-3} if image == "mobilenet" else {}
     # The branch encoders normalise nothing themselves: `DualEncoder` normalises after the heads.
+    if image in ("precomp", "vsrn") and image_dim <= 0:
+        raise ValueError(f"model.image={image!r} needs the feature size (image_dim > 0).")
     if image == "precomp":
-        if image_dim <= 0:
-            raise ValueError("model.image='precomp' needs the feature size (image_dim > 0).")
         image_encoder = PrecompProjection(image_dim, embed, normalize=False, rngs=rngs)
+    elif image == "vsrn":
+        image_encoder = VSRNImageEncoder(image_dim, embed, variant=cfg.get("vsrn_variant", "coco"),
+                                         rngs=rngs)
     else:
         backbone = {
             "small_cnn": lambda: SmallCNN(cfg.get("small_cnn_dim", 128), rngs=rngs),
@@ -203,7 +231,12 @@ def build_dual_encoder(
     cls = {"none": lambda: None,
            "shared": lambda: SharedClassifier(embed, num_classes, rngs=rngs),
            "norm": lambda: NormClassifier(embed, num_classes, rngs=rngs)}[classifier]()
-    return DualEncoder(image_encoder, text_encoder, classifier=cls,
+    if cfg.get("caption_generator", False) and image != "vsrn":
+        raise ConfigError("model.caption_generator is VSRN's caption branch over its refined "
+                          "regions: set model.image='vsrn'.")
+    generator = (CaptionGenerator(vocab_size, embed, rngs=rngs)
+                 if cfg.get("caption_generator", False) else None)
+    return DualEncoder(image_encoder, text_encoder, classifier=cls, caption_generator=generator,
                        normalize=cfg.get("normalize", True), **heads)
 
 

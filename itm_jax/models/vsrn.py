@@ -6,7 +6,8 @@ dot products like VSE++ (whose GRU caption encoder it reuses), but the embedding
 reasoning over the image's regions: a graph of the regions refines their features
 (``RsGCN``, four blocks), and a GRU reads the refined regions in order and its final state is
 the image. During training the refined regions must also let a decoder regenerate the caption
-(``CaptionGenerator``, ``caption_loss``), added to the retrieval loss with weight 1.
+(``CaptionGenerator``; the loss is ``itm_jax.losses.caption_generation``), added to the
+retrieval loss with weight 1.
 
 Everything works channels-last: the authors' ``[B, C, N]`` 1x1 convolutions are per-region
 linear maps of ``[B, N, C]`` arrays. Parameter layouts for converting the authors' PyTorch
@@ -222,7 +223,7 @@ class CaptionGenerator(nnx.Module):
     either way, so the two agree wherever the branch is used.
 
     ``caption_targets`` makes ``tokens``, the targets and the mask from a batch's captions;
-    ``caption_loss`` is the training term.
+    ``itm_jax.losses.caption_generation`` is the training term.
 
     Args:
       vocab_size: word ids of the decoder (VSRN uses the retrieval vocabulary).
@@ -318,23 +319,3 @@ def caption_targets(tokens: jax.Array, lengths: jax.Array, *,
     padded = jnp.pad(padded, ((0, 0), (0, 1)))  # [B, L + 1]: the pad after a full caption
     mask = _valid_mask(lengths, steps).astype(jnp.float32)
     return padded[:, :steps], padded[:, 1: steps + 1], mask
-
-
-def caption_loss(log_probs: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
-    """The authors' ``LanguageModelCriterion``: ``-sum_{b,t} log_probs[b, t, targets[b, t]]
-    * mask[b, t] / B``, a scalar. It divides by the batch size B, not by the number of
-    tokens, so longer captions weigh more.
-
-    Args:
-      log_probs: ``[B, T, V]`` from ``CaptionGenerator``.
-      targets: ``[B, T]`` integer word ids. mask: ``[B, T]``, 1 where the target counts.
-    """
-    log_probs, targets, mask = jnp.asarray(log_probs), jnp.asarray(targets), jnp.asarray(mask)
-    if log_probs.ndim != 3 or targets.shape != log_probs.shape[:2] or mask.shape != targets.shape:
-        raise ValueError(
-            f"caption_loss expects log_probs [B, T, V] with targets and mask [B, T]; got "
-            f"{log_probs.shape}, {targets.shape} and {mask.shape}. Make them with "
-            "caption_targets."
-        )
-    picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [B, T]
-    return -jnp.sum(picked * mask.astype(picked.dtype)) / log_probs.shape[0]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from itm_jax.objective import BatchExtra, objective, outputs_from_features
+from itm_jax.objective import BatchExtra, objective, outputs_from_features, outputs_from_sets
 
 
 @struct.dataclass
@@ -30,13 +30,18 @@ class TrainState:
 def model_outputs(model, batch: Mapping[str, jax.Array], *, use_id_positives: bool,
                   extras: Sequence[BatchExtra] = ()) -> dict[str, jax.Array]:
     """The objective's inputs for one batch: scores, embeddings, features, logits, and the
-    outputs of the loss families' batch extras (``itm_jax.objective.batch_extras``)."""
+    outputs of the loss families' batch extras (``itm_jax.objective.batch_extras``).
+
+    A model with a ``scorer`` outputs sets (``img_set``, ``txt_set``) that it scores itself;
+    otherwise the scores are the cosines of its features.
+    """
     out = model(batch)
-    out = outputs_from_features(
-        out.pop("img_feat"), out.pop("txt_feat"),
-        image_ids=batch["image_id"] if use_id_positives else None,
-        labels=batch.get("label"), **out,
-    )
+    ids = {"image_ids": batch["image_id"] if use_id_positives else None,
+           "labels": batch.get("label")}
+    if "img_set" in out:
+        out = outputs_from_sets(out.pop("img_set"), out.pop("txt_set"), model.scorer, **ids, **out)
+    else:
+        out = outputs_from_features(out.pop("img_feat"), out.pop("txt_feat"), **ids, **out)
     for extra in extras:
         out.update(extra.outputs(model, batch, out))
     return out
