@@ -5,10 +5,12 @@
     run = load_run("workdir/default")                 # best validation checkpoint
     img = run.embed_images(features)                          # [N, F] features or [N, H, W, 3] uint8
     cap = run.embed_captions(["a red cube left of a ball"])   # [M, D]
-    top, scores = run.search(cap, img, k=5)                   # images for each caption
+    top, scores = run.top_images(cap, img, k=5)               # images for each caption
     run.export("test", "embeddings/")                         # .npy files + ids for other tools
 
-Embeddings are L2-normalised, so scores are cosine similarities (``img @ cap.T``).
+Global embeddings are L2-normalised, so their scores are cosine similarities (``img @ cap.T``);
+region models (SCAN, BFAN) embed sets (regions ``[N, R, D]``, words ``{"words", "length"}``)
+that only their scorer compares: ``run.scores`` uses it either way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from itm_jax import scoring
 from itm_jax.errors import UserError
 from itm_jax.evaluation.embed import embed_batches, embed_split, padded_batches
 from itm_jax.evaluation.metrics import split_metrics
@@ -80,21 +83,19 @@ class Run:
         """The split's metrics under the run's protocol (what ``itm-eval`` prints)."""
         return split_metrics(self.experiment, *self.embed_split(split), split)
 
-    @staticmethod
-    def scores(img: np.ndarray, cap: np.ndarray) -> np.ndarray:
-        """``[N, M]`` cosine scores of image and caption embeddings."""
-        return np.asarray(img, np.float32) @ np.asarray(cap, np.float32).T
+    def scores(self, img, cap) -> np.ndarray:
+        """``[N, M]`` scores of images against captions, as the model scores them (cosines of
+        global embeddings, or the attention score of region and word sets)."""
+        return scoring.score_matrix(self.experiment.scorer, img, cap)
 
-    @staticmethod
-    def search(queries: np.ndarray, gallery: np.ndarray, k: int = 5
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` best gallery items of each query: ``(index int [Q, k], score [Q, k])``,
-        best first (ties by ascending index). Images for captions: ``search(cap, img)``;
-        captions for images: ``search(img, cap)``."""
-        s = Run.scores(queries, gallery)
-        k = min(k, s.shape[1])
-        index = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        return index, np.take_along_axis(s, index, axis=1)
+    def top_captions(self, img, cap, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's ``k`` best captions: ``(index int [N, k], score [N, k])``, best first
+        (ties by ascending index)."""
+        return scoring.top_k(self.scores(img, cap), k)
+
+    def top_images(self, cap, img, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Each caption's ``k`` best images: ``(index int [M, k], score [M, k])``."""
+        return scoring.top_k(self.scores(img, cap).T, k)
 
     def export(self, split: str, directory: str | pathlib.Path) -> pathlib.Path:
         """Writes a split's embeddings for other tools: ``images.npy [N, D]``,
@@ -106,8 +107,12 @@ class Run:
         directory.mkdir(parents=True, exist_ok=True)
         src = self.experiment.sources[split]
         img, cap = self.embed_split(split)
+        if isinstance(cap, dict):  # a set model's words and their lengths
+            cap, lengths = cap["words"], {"caption_lengths": np.asarray(cap["length"], np.int64)}
+        else:
+            lengths = {}
         arrays = {
-            "images": img, "captions": cap,
+            "images": img, "captions": cap, **lengths,
             "image_ids": np.asarray(image_ids(src), np.int64),
             "caption_ids": np.asarray([src.caption(j)["caption_id"]
                                        for j in range(src.num_captions)], np.int64),

@@ -15,10 +15,12 @@ A scorer is hashable (a static argument of jitted functions) and has two methods
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -72,3 +74,25 @@ def rows(tree) -> int:
 def take(tree, index):
     """Rows ``index`` of an embedding or a set (NumPy or JAX arrays)."""
     return jax.tree.map(lambda x: x[index], tree)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _scores(scorer, img, cap):
+    return scorer(img, cap)
+
+
+def score_matrix(scorer, img, cap, *, block: int = 512) -> np.ndarray:
+    """``[N, M]`` float32 scores of every image against every caption (``scorer`` None: the
+    dot product), computed in blocks of ``block`` captions."""
+    scorer = DotScorer() if scorer is None else scorer
+    m = rows(cap)
+    return np.concatenate([np.asarray(_scores(scorer, img, take(cap, slice(s, s + block))))
+                           for s in range(0, m, block)], axis=1)
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best columns of each row of ``scores [Q, G]``: ``(index int [Q, k],
+    score [Q, k])``, best first; equal scores keep the column order."""
+    k = min(k, scores.shape[1])
+    index = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return index, np.take_along_axis(scores, index, axis=1)

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from itm_jax import scoring
 from itm_jax.errors import DataError, RunError
 from itm_jax.evaluation import metrics as evaluation
 from itm_jax.training import run_dir
@@ -121,23 +122,6 @@ def recall_at_k(ranks: np.ndarray, max_k: int) -> np.ndarray:
     """float64 ``[max_k]``: ``100 * mean(ranks < K)`` for K = 1..max_k (ranks 0-based)."""
     counts = np.bincount(np.minimum(np.asarray(ranks), max_k), minlength=max_k + 1)
     return 100.0 * np.cumsum(counts[:max_k]) / len(ranks)
-
-
-def top_k(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best gallery items of each query by dot product.
-
-    Args:
-      queries: ``[Q, D]``; gallery: ``[G, D]``.
-      k: how many to keep (at most ``G``).
-
-    Returns:
-      ``(indices int [Q, k], scores float32 [Q, k])``, best first; equal scores keep the
-      gallery order. Only the ``[Q, G]`` scores of these queries are formed.
-    """
-    scores = np.asarray(queries, np.float32) @ np.asarray(gallery, np.float32).T  # [Q, G]
-    k = min(k, scores.shape[1])
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(scores, order, axis=1)
 
 
 # ------------------------------------------------------------------------------ thumbnails
@@ -413,7 +397,8 @@ def _training_charts(runs: list[RunResult], colours: dict[str, str]) -> str:
 
 
 def _i2t_examples(ev, run: RunResult, source, thumbs: _Thumbs, queries: np.ndarray) -> str:
-    idx, scores = top_k(ev.img[queries], ev.cap, TOP_K)
+    matrix = scoring.score_matrix(ev.exp.scorer, scoring.take(ev.img, queries), ev.cap)
+    idx, scores = scoring.top_k(matrix, TOP_K)
     cap_to_img = np.asarray(source.cap_to_img)
     rows = []
     for q, i in enumerate(queries):
@@ -428,7 +413,7 @@ def _i2t_examples(ev, run: RunResult, source, thumbs: _Thumbs, queries: np.ndarr
         missed = ""
         if rank > TOP_K:  # show what should have come first: the image's best own caption
             own = np.flatnonzero(cap_to_img == i)
-            best = int(own[np.argmax(ev.cap[own] @ ev.img[i])])
+            best = int(own[np.argmax(matrix[q, own])])
             missed = f': <i>{html.escape(source.caption(best)["caption"])}</i>'
         rows.append(
             f"<tr><td>{thumbs.tag(int(i), 'query')}<div class=\"rank\">image {int(i)}</div></td>"
@@ -439,7 +424,8 @@ def _i2t_examples(ev, run: RunResult, source, thumbs: _Thumbs, queries: np.ndarr
 
 
 def _t2i_examples(ev, run: RunResult, source, thumbs: _Thumbs, queries: np.ndarray) -> str:
-    idx, scores = top_k(ev.cap[queries], ev.img, TOP_K)
+    matrix = scoring.score_matrix(ev.exp.scorer, ev.img, scoring.take(ev.cap, queries))
+    idx, scores = scoring.top_k(matrix.T, TOP_K)
     cap_to_img = np.asarray(source.cap_to_img)
     rows = []
     for q, j in enumerate(queries):
@@ -532,8 +518,9 @@ def write_report(
         run_dir.save_eval(path, split, metrics)
         c2i = ev.exp.sources[split].cap_to_img
         result = RunResult(name, path, metrics,
-                           evaluation.i2t(ev.img, ev.cap, cap_to_img=c2i),
-                           evaluation.t2i(ev.img, ev.cap, cap_to_img=c2i), read_metrics(path))
+                           evaluation.i2t(ev.img, ev.cap, cap_to_img=c2i, scorer=ev.exp.scorer),
+                           evaluation.t2i(ev.img, ev.cap, cap_to_img=c2i, scorer=ev.exp.scorer),
+                           read_metrics(path))
         results.append(result)
         score = result.metrics.get("rsum", result.rsum)
         if (name == model if model else
