@@ -26,7 +26,7 @@ import numpy as np
 from itm_jax import scoring
 from itm_jax.errors import UserError
 from itm_jax.evaluation.embed import embed_batches, embed_split, padded_batches
-from itm_jax.evaluation.metrics import split_metrics
+from itm_jax.evaluation.metrics import protocol_metrics, split_metrics
 from itm_jax.experiment import Experiment
 from itm_jax.training import run_dir
 
@@ -125,6 +125,25 @@ class Run:
                 "shapes": {k: list(a.shape) for k, a in arrays.items()}}
         (directory / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
         return directory
+
+
+def evaluate_ensemble(runs: Sequence[Run], split: str = "test") -> dict[str, float]:
+    """The split's metrics of the mean of the runs' score matrices (each run scores with its
+    own model), under the first run's protocol; the runs must share the split's data."""
+    first = runs[0].experiment
+    c2i = np.asarray(first.sources[split].cap_to_img)
+    for run in runs[1:]:
+        if not np.array_equal(np.asarray(run.experiment.sources[split].cap_to_img), c2i) or \
+                run.config.data.to_dict() != first.config.data.to_dict():
+            raise UserError(f"{run.experiment.workdir} was trained on other data than "
+                            f"{first.workdir}: an ensemble averages scores of the same {split} "
+                            "split (same config.data).")
+    embedded = [run.embed_split(split) for run in runs]
+    scorer = scoring.EnsembleScorer(tuple(run.experiment.scorer for run in runs))
+    img, cap = tuple(e[0] for e in embedded), tuple(e[1] for e in embedded)
+    protocol = first.config.eval_protocol if split == "test" else "all"
+    return protocol_metrics(img, cap, c2i, protocol, scorer=scorer,
+                            image_labels=getattr(first.sources[split], "labels", None))
 
 
 def load_run(workdir: str | pathlib.Path, checkpoint: str = "best", *, config=None) -> Run:

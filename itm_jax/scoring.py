@@ -66,6 +66,26 @@ class AttentionScorer:
         return jax.vmap(one)(img, cap["words"], cap["length"])
 
 
+@dataclasses.dataclass(frozen=True)
+class EnsembleScorer:
+    """The mean of several models' scores (the SCAN paper's t-i + i-t ensemble, BFAN's equal +
+    prob): images and captions are tuples with one entry per model, scored by that model's
+    scorer (``None``: the dot product)."""
+
+    scorers: tuple
+
+    kind = "ensemble"
+
+    def _each(self):
+        return [DotScorer() if s is None else s for s in self.scorers]
+
+    def __call__(self, img, cap):
+        return sum(s(i, c) for s, i, c in zip(self._each(), img, cap)) / len(self.scorers)
+
+    def pairs(self, img, cap):
+        return sum(s.pairs(i, c) for s, i, c in zip(self._each(), img, cap)) / len(self.scorers)
+
+
 def rows(tree) -> int:
     """The number of rows (images or captions) of an embedding or a set."""
     return jax.tree.leaves(tree)[0].shape[0]

@@ -21,7 +21,8 @@ def _run(module, *args, env=None):
 
 @pytest.mark.parametrize("module,flags", [
     ("itm_jax.cli.train", ["config", "workdir", "accept_config_change", "coordinator_address"]),
-    ("itm_jax.cli.eval", ["workdir", "split", "checkpoint", "export", "report", "report_model"]),
+    ("itm_jax.cli.eval", ["workdir", "split", "checkpoint", "ensemble", "export", "report",
+                          "report_model"]),
     ("itm_jax.cli.mine", ["config", "workdir", "checkpoint", "h_t", "h_i", "block_size"]),
 ])
 def test_help_lists_the_commands_own_flags(module, flags):

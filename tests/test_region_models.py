@@ -71,3 +71,19 @@ def test_bfan_and_vsrn_train_and_evaluate(config, tmp_path):
         records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
         terms = [r["loss/caption_generation"] for r in records if "loss/caption_generation" in r]
         assert terms and all(t > 0 for t in terms)
+
+
+def test_ensemble_averages_the_runs_score_matrices(scan_run, tmp_path):
+    workdir, _ = scan_run
+    other = tmp_path / "i2t"
+    train_and_evaluate(load_config("scan_f30k.py", "direction=i2t,agg=avg,smoke"), other)
+    from itm_jax.run import evaluate_ensemble
+
+    runs = [load_run(workdir), load_run(other)]
+    got = evaluate_ensemble(runs, "test")
+    mean = sum(r.scores(*r.embed_split("test")) for r in runs) / 2
+    c2i = np.asarray(runs[0].experiment.sources["test"].cap_to_img)
+    i2t, t2i = _ranks_from_matrix(mean.astype(np.float64), c2i)
+    want = 100 * np.mean(i2t < 1) + 100 * np.mean(t2i < 1)
+    assert got["i2t_r1"] + got["t2i_r1"] == pytest.approx(want, abs=100 / len(c2i) + 1e-6)
+    assert got != runs[0].evaluate("test")  # the second model changed the scores

@@ -2,6 +2,7 @@
 
     itm-eval --workdir=workdir/default [--split=test] [--checkpoint=latest]
     itm-eval --workdir=workdir/default --export=embeddings/
+    itm-eval --workdir=workdir/scan_t2i_avg --ensemble=workdir/scan_i2t_lse
     itm-eval --workdir=workdir/demo --report [--report_model=NAME]
 
 Metrics are printed and written to ``<workdir>/eval/<split>_metrics.json``; the run's own files
@@ -18,7 +19,7 @@ from itm_jax.cli import common
 from itm_jax.errors import ConfigError
 
 FLAGS = flags.FLAGS
-_NAMES = ("workdir", "split", "checkpoint", "export", "report", "report_model")
+_NAMES = ("workdir", "split", "checkpoint", "ensemble", "export", "report", "report_model")
 
 
 def _print_metrics(prefix: str, metrics: dict[str, float]) -> None:
@@ -41,6 +42,13 @@ def main() -> None:
     from itm_jax.training import run_dir
 
     run = load_run(FLAGS.workdir, FLAGS.checkpoint)
+    if FLAGS.ensemble:
+        from itm_jax.run import evaluate_ensemble
+
+        others = [load_run(w, FLAGS.checkpoint) for w in FLAGS.ensemble]
+        _print_metrics(f"{FLAGS.split} (ensemble of {1 + len(others)})",
+                       evaluate_ensemble([run, *others], FLAGS.split))
+        return
     if FLAGS.export:
         print(f"export: {run.export(FLAGS.split, FLAGS.export)}")
         return
@@ -57,6 +65,8 @@ def run() -> None:
                       "checkpoint or the latest training checkpoint.")
     flags.DEFINE_string("export", None, "Write the split's embeddings (.npy) and ids to this "
                         "directory instead of printing metrics.")
+    flags.DEFINE_list("ensemble", [], "Other runs (comma-separated workdirs) whose score "
+                      "matrices are averaged with --workdir's (SCAN t-i + i-t, BFAN equal + prob).")
     flags.DEFINE_bool("report", False, "Also write an HTML retrieval report to "
                       "<workdir>/report.html.")
     flags.DEFINE_string("report_model", None, "With --report: the run (subdirectory name) whose "
