@@ -10,9 +10,11 @@ steps, the last one at a tenth of the learning rate; MH needs them to pass SH, w
 Every other config imports this one and changes a few fields; presets after the colon:
 ``loss=sh|mh|imc|convse|convse++|cmpm|aoq`` swaps the objective for another paper's loss with
 its hyper-parameters (the ablation of ``python -m itm_jax.cli.demo``; same encoder and budget;
-``aoq`` is round 2 and needs ``--config.aoq.mining_dir``), ``no_warmup`` drops the SH epoch that
-hardest-negative losses start with, and ``smoke`` shrinks data and steps so a run finishes in
-seconds (tests): ``configs/default.py:loss=imc,smoke``.
+``aoq`` is round 2 and needs ``--config.aoq.mining_dir``), ``model=scan|bfan|vsrn`` swaps the
+global-embedding model for one of AOQ's base models on the data's region features (default
+``global``), ``no_warmup`` drops the SH epoch that hardest-negative losses start with, and
+``smoke`` shrinks data and steps so a run finishes in seconds (tests):
+``configs/default.py:loss=imc,smoke``.
 """
 
 import ml_collections
@@ -34,17 +36,27 @@ LOSSES = {
 WARM_UP = ("mh", "imc", "convse++", "aoq")
 
 
+# AOQ's base models on the synthetic data's region features (4 regions: the scene and one per
+# object): SCAN and BFAN score region and word sets by attention, VSRN reasons over the regions
+# into one embedding (without its caption term, which the global models do not have either).
+MODELS = ("global", "scan", "bfan", "vsrn")
+REGIONS = 4
+
+
 def _parse(arg: str | None) -> dict:
-    out = {"loss": "mh", "smoke": False, "no_warmup": False}
+    out = {"loss": "mh", "model": "global", "smoke": False, "no_warmup": False}
     for item in filter(None, (s.strip() for s in (arg or "").split(","))):
         key, _, value = item.partition("=")
         if item in ("smoke", "no_warmup"):
             out[item] = True
         elif key == "loss" and value in LOSSES:
             out["loss"] = value
+        elif key == "model" and value in MODELS:
+            out["model"] = value
         else:
             raise ValueError(f"Unknown preset {item!r} for configs/default.py; valid: smoke, "
-                             f"no_warmup, loss={{{','.join(LOSSES)}}}.")
+                             f"no_warmup, loss={{{','.join(LOSSES)}}}, "
+                             f"model={{{','.join(MODELS)}}}.")
     return out
 
 
@@ -162,6 +174,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     c.eval_batch_size = 500
     c.eval_protocol = "all"
+
+    if a.model != "global":
+        c.data.synthetic.regions = REGIONS
+        c.model.image = "vsrn" if a.model == "vsrn" else "regions"
+        if a.model != "vsrn":
+            c.model.text, c.model.scorer = "bigru_words", a.model
 
     if a.smoke:
         c.data.synthetic.update(num_train=200, num_val=50, num_test=50)

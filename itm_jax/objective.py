@@ -113,9 +113,11 @@ def outputs_from_sets(img_set, txt_set, scorer, *, image_ids: jax.Array | None =
                       labels: jax.Array | None = None, **extra: jax.Array) -> dict[str, jax.Array]:
     """Model outputs of a batch from sets: regions ``[B, R, D]`` and words ``{"words": [B, L, D],
     "length": [B]}``, scored by ``scorer`` (``itm_jax.scoring.AttentionScorer``) into the global
-    ``scores [B, B]``. There are no embeddings: losses that read them need a global model.
+    ``scores [B, B]``; the sets stay as ``img_set``, ``txt_set`` (AOQ scores its offline items
+    against them). There are no embeddings: losses that read them need a global model.
     ``image_ids``, ``labels`` and ``extra``: as in ``outputs_from_features``."""
-    return _with_ids({"scores": scorer(img_set, txt_set), **extra}, image_ids, labels)
+    out = {"img_set": img_set, "txt_set": txt_set, "scores": scorer(img_set, txt_set), **extra}
+    return _with_ids(out, image_ids, labels)
 
 
 def _with_ids(out: dict, image_ids, labels) -> dict:

@@ -38,7 +38,10 @@ class OfflineNegatives:
     def outputs(self, model, batch: Mapping[str, jax.Array], out: Mapping[str, jax.Array]
                 ) -> dict[str, jax.Array]:
         """Inside the traced train step: the offline score vectors ``[B]`` of the batch pairs
-        (``out``: the model outputs, with ``img_emb`` / ``txt_emb [B, D]``)."""
+        (``out``: the model outputs, with ``img_emb`` / ``txt_emb [B, D]`` or a set model's
+        ``img_set`` / ``txt_set``)."""
+        if "img_set" in out:
+            return offline_scores(model, batch, out["img_set"], out["txt_set"])
         return offline_scores(model, batch, out["img_emb"], out["txt_emb"])
 
 
