@@ -3,7 +3,7 @@
 # model, round 2 (a fresh model on the mined negatives), each ending with the test evaluation.
 #
 #   launch/aoq.sh [ROUND1_CONFIG ROUND2_CONFIG WORKDIR] [--config.field=value ...]
-#   launch/aoq.sh          # built-in synthetic data: configs/default.py, then :loss=aoq
+#   launch/aoq.sh          # built-in data: VSRN (configs/default.py:model=vsrn), then :loss=aoq
 #   launch/aoq.sh configs/aoq_round1_f30k.py configs/aoq_round2_f30k.py workdir/aoq_f30k \
 #       --config.data.data_dir=data/f30k_precomp
 #
@@ -13,7 +13,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-round1=configs/default.py round2=configs/default.py:loss=aoq workdir=workdir/aoq
+round1=configs/default.py:model=vsrn round2=configs/default.py:model=vsrn,loss=aoq
+workdir=workdir/aoq
 if [[ $# -ge 3 && $1 != --* ]]; then
   round1=$1 round2=$2 workdir=$3
   shift 3

@@ -42,7 +42,8 @@ CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not i
 # Presets each config family accepts (besides `smoke`, which every config accepts).
 FAMILY_PRESETS = {"vse": ["loss=sh", "loss=mh"], "convse": ["loss=csn", "loss=cmn"],
                   "cmpm": ["", "cmpc"],
-                  "aoq_round2": [f"variant={v}" for v in ("adaptive", "offquin", "offtri", "online")],
+                  "aoq_round2": [f"variant={v}" for v in ("adaptive", "offquin", "offtri", "online")]
+                  + ["model=scan", "model=bfan"],
                   "scan": [f"direction={d},agg={a}" for d in ("t2i", "i2t") for a in ("lse", "avg")],
                   "bfan": ["focal=equal", "focal=prob"]}
 # Region models keep their encoders in the smoke preset (on synthetic region features).
@@ -202,12 +203,16 @@ def test_losses_are_valid(name, arg):
 _ITEM = re.compile(r"^(\d+(?:\.\d+)?) @ ([0-9.e+-]+)(?: \(x([0-9.]+) every (\d+)\))?( frozen)?$")
 
 
-def documented_schedule(name):
-    """``[(epochs, lr, decay_every or None, frozen)]`` from the docstring's ``Schedule:`` line."""
+def documented_schedule(name, arg=""):
+    """``[(epochs, lr, decay_every or None, frozen)]`` from the docstring's ``Schedule:`` line,
+    or its ``Schedule (preset|preset): `` line for those presets."""
     doc = importlib.import_module(f"configs.{name}").__doc__
-    (line,) = [ln for ln in doc.splitlines() if ln.startswith("Schedule: ")]
+    lines = dict(re.findall(r"^Schedule(?: \((.+)\))?: (.+)$", doc, re.M))
+    own = [text for presets, text in lines.items() if presets and
+           any(p in arg.split(",") for p in presets.split("|"))]
+    line = own[0] if own else lines[""]
     out = []
-    for item in line.removeprefix("Schedule: ").rstrip(".").split(", "):
+    for item in line.rstrip(".").split(", "):
         m = _ITEM.match(item)
         assert m, f"{name}: cannot parse schedule item {item!r}"
         out.append((float(m[1]), float(m[2]), m[4] and int(m[4]), bool(m[5])))
@@ -220,7 +225,7 @@ def documented_schedule(name):
 def test_stages_match_docstring(name, arg):
     c, spe = load(name, arg), 100
     stages = optim.make_stages(c, spe)
-    documented = documented_schedule(name)
+    documented = documented_schedule(name, arg)
     assert len(stages) == len(documented)
     decay_steps = optim.to_steps(c.optim, spe, prefix="lr_decay_")
     start = 0

@@ -87,3 +87,22 @@ def test_ensemble_averages_the_runs_score_matrices(scan_run, tmp_path):
     want = 100 * np.mean(i2t < 1) + 100 * np.mean(t2i < 1)
     assert got["i2t_r1"] + got["t2i_r1"] == pytest.approx(want, abs=100 / len(c2i) + 1e-6)
     assert got != runs[0].evaluate("test")  # the second model changed the scores
+
+
+def test_aoq_round2_trains_scan_on_the_lists_of_a_vsrn_teacher(tmp_path):
+    # The paper's chain: round 1 is VSRN, whose scores rank the negatives of every round-2
+    # model; SCAN scores its offline items with its own attention scorer.
+    from itm_jax.aoq.teacher import mine_run
+
+    teacher = tmp_path / "round1"
+    train_and_evaluate(load_config("aoq_round1_f30k.py", "smoke"), teacher)
+    mining = mine_run(load_config("aoq_round1_f30k.py", "smoke"), teacher, h_t=20, h_i=4,
+                      progress=False)
+    config = load_config("aoq_round2_f30k.py", "model=scan,smoke")
+    config.aoq.update(mining_dir=str(mining), h_t=20, h_i=4)
+    tested = train_and_evaluate(config, tmp_path / "round2")
+    assert np.isfinite(tested["rsum"])
+    log = (tmp_path / "round2" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in log]
+    offline = [r["loss/aoq_loss"] for r in records if "loss/aoq_loss" in r]
+    assert offline and all(np.isfinite(offline))
