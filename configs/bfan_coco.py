@@ -20,14 +20,8 @@ Differs as bfan_f30k.py does.
 Presets: ``focal=equal|prob`` (default equal), ``smoke`` (synthetic region features, 3 steps).
 """
 
-from configs import bfan_f30k, common
+from configs import bfan_f30k, scan_coco
 
 
 def get_config(arg=None):
-    c = bfan_f30k.get_config(arg)
-    c.num_epochs = 20  # (the smoke preset's num_steps overrides it)
-    c.optim.learning_rate = 5e-4
-    c.optim.lr_decay_epochs = 10
-    if not common.is_smoke(arg):
-        common.precomp(c, test_split="testall", protocol="coco")
-    return c
+    return scan_coco.to_coco(bfan_f30k.get_config(arg), arg)

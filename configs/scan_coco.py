@@ -32,7 +32,11 @@ LAMBDAS = {("t2i", "lse"): (9.0, 6.0), ("t2i", "avg"): (9.0, 6.0),
 
 
 def get_config(arg=None):
-    c = scan_f30k.get_config(arg, lambdas=LAMBDAS)
+    return to_coco(scan_f30k.get_config(arg, lambdas=LAMBDAS), arg)
+
+
+def to_coco(c, arg):
+    """SCAN's COCO schedule and data on a Flickr30K recipe of the SCAN code (BFAN's too)."""
     c.num_epochs = 20  # (the smoke preset's num_steps overrides it)
     c.optim.learning_rate = 5e-4
     c.optim.lr_decay_epochs = 10

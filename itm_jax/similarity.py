@@ -158,11 +158,11 @@ def scan_scores(
     block_captions: int = _BLOCK_CAPTIONS,
 ) -> jax.Array:
     """SCAN stacked cross attention scores ``[Ni, Nc]`` (Lee et al., "Stacked Cross Attention
-    for Image-Text Matching", ECCV 2018, Sec. 3.1-3.2; the authors' ``xattn_score_t2i`` and
-    ``xattn_score_i2t``). See ``docs/models.md``.
+    for Image-Text Matching", ECCV 2018, Sec. 3; the authors' ``func_attention``,
+    ``xattn_score_t2i`` and ``xattn_score_i2t``). See ``docs/models.md``.
 
     For each pair, the queries attend over the context: ``direction="t2i"`` has the caption's
-    words as queries and the image's regions as context (Eq. 1-4 of the text-image
+    words as queries and the image's regions as context (the paper's text-image
     formulation), ``"i2t"`` the other way round. Raw attention ``A = C Q^T`` is normalised over
     the queries for each context item (``raw_feature_norm``), each query's weights over the
     context are ``softmax(lambda_softmax * A[:, q])``, the relevance of a query is the cosine
@@ -277,15 +277,14 @@ def _check_sets(fn, images, captions, cap_lens, region_lens, block_images, block
             f"{fn} expects images [Ni, R, D] and captions [Nc, L, D] with the same D; got "
             f"{images.shape} and {captions.shape}."
         )
-    dtype = jnp.promote_types(images.dtype, captions.dtype)
-    lens = [_check_lens(fn, "cap_lens", cap_lens, captions.shape[:2])]
-    lens.insert(
-        0, None if region_lens is None else _check_lens(fn, "region_lens", region_lens, images.shape[:2])
-    )
+    cap_lens = check_lengths(fn, "cap_lens", cap_lens, captions.shape[:2])
+    if region_lens is not None:
+        region_lens = check_lengths(fn, "region_lens", region_lens, images.shape[:2])
     for arg, value in (("block_images", block_images), ("block_captions", block_captions)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{fn}: {arg} must be an integer >= 1; got {value!r}.")
-    return _make_set(images.astype(dtype), lens[0]), _make_set(captions.astype(dtype), lens[1])
+    dtype = jnp.promote_types(images.dtype, captions.dtype)
+    return _make_set(images.astype(dtype), region_lens), _make_set(captions.astype(dtype), cap_lens)
 
 
 def _as_float(x) -> jax.Array:
@@ -296,9 +295,14 @@ def _as_float(x) -> jax.Array:
     return x
 
 
-def _check_lens(fn, arg, lens, shape):
+def check_lengths(fn: str, arg: str, lens, shape: tuple[int, int], *,
+                  fix: str = "Count the valid positions of each row and pad to the longest.",
+                  ) -> jax.Array:
+    """``lens`` as an integer ``[n]`` array with ``1 <= lens <= length`` for ``shape = (n,
+    length)``; ``ValueError`` naming ``fn``, ``arg`` and ``fix`` otherwise."""
     n, length = shape
-    # Concrete lengths are range-checked on the host; traced ones cannot be.
+    # Concrete lengths are range-checked on the host: under a trace (jit, eval_shape) even an op
+    # on a concrete array is staged, so the range can only be checked before it.
     concrete = None if isinstance(lens, jax.core.Tracer) else np.asarray(lens)
     lens = jnp.asarray(lens)
     if lens.shape != (n,) or not jnp.issubdtype(lens.dtype, jnp.integer):
@@ -308,8 +312,8 @@ def _check_lens(fn, arg, lens, shape):
         )
     if concrete is not None and n and (concrete.min() < 1 or concrete.max() > length):
         raise ValueError(
-            f"{fn} needs 1 <= {arg} <= {length}; got values in [{concrete.min()}, "
-            f"{concrete.max()}]. Count the valid positions of each row and pad to the longest."
+            f"{fn} needs 1 <= {arg} <= {length} (the padded length); got values in "
+            f"[{concrete.min()}, {concrete.max()}]. {fix}"
         )
     return lens
 
@@ -335,8 +339,8 @@ def _normalize_over_queries(a, query_mask, norm):
     if norm in ("clipped_l2norm", "clipped"):
         a = _lrelu(a)
     if norm in ("clipped_l2norm", "l2norm"):
-        sq = jnp.sum(jnp.where(query_mask, jnp.square(a), 0.0), axis=1, keepdims=True)
-        a = a / (safe_sqrt(sq) + 1e-8)
+        # Padded queries are zero vectors, so their raw attention adds 0 to the norm.
+        a = a / (safe_sqrt(jnp.sum(jnp.square(a), axis=1, keepdims=True)) + 1e-8)
     return a
 
 
@@ -357,13 +361,14 @@ def _relevance(raw, context: _Set, query: _Set, norm, lambda_softmax, focal):
 
 
 def _focal(w, context_mask, focal):
-    """BFAN's hard selection on ``w [s, q]`` and renormalisation (no eps, as the authors)."""
-    p = jax.lax.stop_gradient(w)
+    """BFAN's hard selection on ``w [s, q]`` and renormalisation (no eps, as the authors).
+    ``keep`` is boolean, so no gradient flows through the selection."""
     if focal == "equal":
-        f = jnp.sum(context_mask) * p - jnp.sum(p, axis=0)
+        f = jnp.sum(context_mask) * w - jnp.sum(w, axis=0)
     else:
-        root = jnp.sqrt(p)
-        f = p * jnp.sum(root, axis=0) - jnp.sum(p * root, axis=0)
+        # The authors' sum_k (w_j - w_k) sqrt(w_k), in O(s) rather than O(s^2).
+        root = jnp.sqrt(w)
+        f = w * jnp.sum(root, axis=0) - jnp.sum(w * root, axis=0)
     keep = (f > 0) & context_mask[:, None]
     # All weights equal (a single context item, say): nothing passes, keep them all.
     keep = jnp.where(jnp.any(keep, axis=0), keep, context_mask[:, None])

@@ -481,7 +481,7 @@ def test_caption_targets_follow_the_labels_and_masks_convention():
         np.testing.assert_array_equal(cut, np.asarray(full)[:, :3])
     with pytest.raises(ValueError, match="max_len >= 2"):
         caption_targets(tokens, lengths, max_len=1)
-    with pytest.raises(ValueError, match="1 <= lengths <= L=6"):
+    with pytest.raises(ValueError, match="1 <= lengths <= 6 "):
         caption_targets(tokens, lengths + 1)
 
 

@@ -28,34 +28,22 @@ from flax import nnx
 
 from itm_jax.errors import ConfigError
 from itm_jax.ops.packed_gru import MIN_HIDDEN, packed_gru, packed_gru_pays
-from itm_jax.similarity import l2_normalize
+from itm_jax.similarity import check_lengths, l2_normalize
 
 POOLINGS = ("last_mean", "max")
 GRU_IMPLS = ("auto", "scan", "packed")
 
 
 def _check_inputs(tokens, lengths, name: str) -> tuple[jax.Array, jax.Array]:
-    # Read concrete lengths on the host: under a trace (jit, eval_shape) even an op on a
-    # concrete array is staged, so the range can only be checked before it.
-    concrete = None if isinstance(lengths, jax.core.Tracer) else np.asarray(lengths)
-    tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
+    tokens = jnp.asarray(tokens)
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(
             f"{name} expects tokens as an integer [B, L] array of word ids; got "
             f"{tokens.dtype} of shape {tokens.shape}."
         )
-    b, seq = tokens.shape
-    if lengths.shape != (b,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise ValueError(
-            f"{name} expects lengths as an integer [B]=({b},) array (non-pad tokens per caption); "
-            f"got {lengths.dtype} of shape {lengths.shape}."
-        )
-    if concrete is not None and b and (concrete.min() < 1 or concrete.max() > seq):
-        raise ValueError(
-            f"{name} needs 1 <= lengths <= L={seq}; got lengths in [{concrete.min()}, "
-            f"{concrete.max()}]. Count the non-pad tokens of each caption (<start> and <end> "
-            "included) and pad tokens to the longest caption."
-        )
+    lengths = check_lengths(name, "lengths", lengths, tokens.shape,
+                            fix="Count the non-pad tokens of each caption (<start> and <end> "
+                                "included) and pad tokens to the longest caption.")
     return tokens, lengths
 
 
