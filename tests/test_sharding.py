@@ -24,6 +24,10 @@ def _loss(name, img, txt, image_ids, w):
     out["s_ioff_t"] = pair(jnp.roll(i, 2, 0), t)
     out["s_ioff_toff"] = pair(jnp.roll(i, 2, 0), jnp.roll(t, 1, 0))
     out["s_itilde_ttilde"] = pair(jnp.roll(i, 1, 0), jnp.roll(t, 3, 0))
+    # VSRN's caption term: two decoded steps predicting class-sized vocabularies.
+    out["caption_log_probs"] = jax.nn.log_softmax(jnp.stack([img @ w, txt @ w], axis=1))
+    out["caption_targets"] = jnp.stack([image_ids, image_ids[::-1]], axis=1) % C
+    out["caption_mask"] = jnp.ones((img.shape[0], 2))
     spec = {"name": name, "chunk_size": 3} if name == "imc" else {"name": name}
     return objective(out, [spec])[0]
 
