@@ -28,6 +28,7 @@ from itm_jax.errors import UserError
 from itm_jax.evaluation.embed import embed_batches, embed_split, padded_batches
 from itm_jax.evaluation.metrics import protocol_metrics, split_metrics
 from itm_jax.experiment import Experiment
+from itm_jax.models.dual_encoder import FEATURE_IMAGES
 from itm_jax.training import run_dir
 
 
@@ -55,11 +56,13 @@ class Run:
                              padded_batches(fields, bs))
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
-        """``[N, D]`` embeddings of ``images``: precomputed features ``[N, F]`` (or ``[N, R, F]``)
-        for a ``precomp`` model, else uint8 pictures ``[N, H, W, 3]`` (resized and cropped as in
-        evaluation) or float32 ``[N, S, S, 3]`` already preprocessed."""
+        """``[N, D]`` embeddings (a region model: ``[N, R, D]`` regions) of ``images``:
+        precomputed features ``[N, F]`` or region features ``[N, R, F]`` for the models that read
+        features (``precomp``, ``regions``, ``vsrn``), else uint8 pictures ``[N, H, W, 3]``
+        (resized and cropped as in evaluation) or float32 ``[N, S, S, 3]`` already
+        preprocessed."""
         images = np.asarray(images)
-        if self.config.model.image == "precomp":
+        if self.config.model.image in FEATURE_IMAGES:
             return self._embed("images", {"image_feat": images.astype(np.float32)})
         if images.dtype == np.uint8:
             from itm_jax.data.preprocess import EvalTransform

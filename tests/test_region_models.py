@@ -46,6 +46,8 @@ def test_set_model_metrics_are_those_of_its_score_matrix(scan_run):
     got_t2i = metrics.t2i(img, cap, cap_to_img=c2i, scorer=run.experiment.scorer)["ranks"]
     # Equal up to float ties between the blocked and the direct scores.
     assert np.mean(got_i2t == i2t) > 0.95 and np.mean(got_t2i == t2i) > 0.95
+    features = np.stack([run.experiment.sources["test"].image(i)["image_feat"] for i in (0, 1)])
+    np.testing.assert_allclose(run.embed_images(features), img[:2], rtol=1e-5, atol=1e-6)
     top, scores = run.top_images(cap, img, k=3)
     np.testing.assert_array_equal(top[:, 0], np.argmax(s, axis=0))
     assert scores.shape == (s.shape[1], 3)

@@ -39,6 +39,8 @@ from itm_jax.similarity import l2_normalize
 
 IMAGE_ENCODERS = ("precomp", "small_cnn", "resnet50", "resnet152", "mobilenet", "vsrn", "regions")
 TEXT_ENCODERS = ("gru", "bilstm_mean", "bilstm_max", "text_cnn", "bigru_words")
+# Image encoders that read precomputed (region) features rather than pixels.
+FEATURE_IMAGES = ("precomp", "vsrn", "regions")
 CLASSIFIERS = ("none", "shared", "norm")
 IMAGE_HEADS = ("linear", "projection_1x1", "dual_path")
 TEXT_HEADS = ("none", "projection_1x1")
@@ -160,6 +162,8 @@ def build_dual_encoder(
     if (image == "regions") != (text == "bigru_words"):
         raise ConfigError("model.image='regions' and model.text='bigru_words' go together: the "
                           "SCAN/BFAN model of region and word sets (set both, with model.scorer).")
+    if image in FEATURE_IMAGES and image_dim <= 0:
+        raise ValueError(f"model.image={image!r} needs the feature size (image_dim > 0).")
     if image == "regions":
         return build_set_encoder(cfg, vocab_size=vocab_size, image_dim=image_dim,
                                  word_vectors=word_vectors, rngs=rngs)
@@ -175,8 +179,6 @@ def build_dual_encoder(
     # both 1x1-conv heads are built under.
     slim_bn = {"momentum": 0.9997, "epsilon": 1e-3} if image == "mobilenet" else {}
     # The branch encoders normalise nothing themselves: `DualEncoder` normalises after the heads.
-    if image in ("precomp", "vsrn") and image_dim <= 0:
-        raise ValueError(f"model.image={image!r} needs the feature size (image_dim > 0).")
     if image == "precomp":
         image_encoder = PrecompProjection(image_dim, embed, normalize=False, rngs=rngs)
     elif image == "vsrn":

@@ -59,8 +59,6 @@ def build_set_encoder(cfg: Mapping, *, vocab_size: int, image_dim: int,
     if scorer not in SCORERS:
         raise ValueError(f"model.image='regions' is scored by attention: model.scorer must be "
                          f"one of {', '.join(SCORERS)}; got {scorer!r}.")
-    if image_dim <= 0:
-        raise ValueError("model.image='regions' needs region features [R, F] (image_dim > 0).")
     options = tuple(sorted(dict(cfg[scorer]).items()))
     return SetEncoder(
         RegionProjection(image_dim, cfg["embed_dim"], rngs=rngs),
