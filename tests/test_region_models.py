@@ -53,6 +53,16 @@ def test_set_model_metrics_are_those_of_its_score_matrix(scan_run):
     assert scores.shape == (s.shape[1], 3)
 
 
+def test_mining_with_a_set_model_teacher_is_refused_in_one_line(scan_run, tmp_path):
+    from itm_jax.aoq.teacher import mine_run
+    from itm_jax.errors import RunError
+
+    workdir, _ = scan_run
+    config = load_config("scan_f30k.py", "direction=t2i,agg=lse,smoke")
+    with pytest.raises(RunError, match="global-embedding teacher .* --checkpoint=<a VSRN run>"):
+        mine_run(config, tmp_path, workdir)
+
+
 def test_set_model_export_and_report(scan_run, tmp_path):
     workdir, _ = scan_run
     out = load_run(workdir).export("test", tmp_path / "export")

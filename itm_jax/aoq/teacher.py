@@ -73,6 +73,12 @@ def mine_run(config, workdir, checkpoint=None, *, h_t: int | None = None, h_i: i
     h_t = h_t or aoq.get("h_t", 300)
     h_i = h_i or aoq.get("h_i", 60)
     exp = Experiment(config, teacher)
+    if exp.scorer is not None:
+        raise RunError(
+            f"itm-mine ranks with a global-embedding teacher (VSRN, VSE++); {teacher} is a "
+            f"{config.model.scorer.upper()} run, whose attention score of every training pair is "
+            "not supported (the AOQ paper mines with VSRN for SCAN and BFAN too): pass "
+            "--checkpoint=<a VSRN run> with its config.")
     params, rest, info = teacher_weights(exp)
     source = exp.sources["train"]
     meta = {"teacher": info, "config_sha256": config_sha256(config),
