@@ -49,6 +49,13 @@ def safe_sqrt(x: jax.Array) -> jax.Array:
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
+def l2n(x: jax.Array, axis: int = -1) -> jax.Array:
+    """``x / (sqrt(sum x^2) + 1e-8)`` along ``axis``: the eps added to the norm, as SCAN's,
+    BFAN's and VSRN's ``l2norm`` (``l2_normalize`` clamps the norm instead). The zero-safe
+    square root keeps the gradient of a zero vector finite (it maps to zero)."""
+    return x / (safe_sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True)) + 1e-8)
+
+
 def pairwise_distances(x: jax.Array, delta: str, *, chunk_size: int | None = None) -> jax.Array:
     """Intra-modal distance matrix ``[B, B]`` of the rows of ``x [B, D]`` (IMC paper, Eq. 5-8).
 
@@ -340,7 +347,7 @@ def _normalize_over_queries(a, query_mask, norm):
         a = _lrelu(a)
     if norm in ("clipped_l2norm", "l2norm"):
         # Padded queries are zero vectors, so their raw attention adds 0 to the norm.
-        a = a / (safe_sqrt(jnp.sum(jnp.square(a), axis=1, keepdims=True)) + 1e-8)
+        a = l2n(a, axis=1)
     return a
 
 

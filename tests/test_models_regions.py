@@ -15,13 +15,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import numpy_refs_models_enc as ref
 from itm_jax.losses.caption import caption_generation as caption_loss
-from itm_jax.models.regions import BiGRUWordEncoder, RegionProjection, l2n, torch_gru_cell
+from itm_jax.models.regions import BiGRUWordEncoder, RegionProjection, torch_gru_cell
 from itm_jax.models.vsrn import (
     CaptionGenerator,
     TorchBatchNorm,
     VSRNImageEncoder,
     caption_targets,
 )
+from itm_jax.similarity import l2n
 
 # Tiny models: compiling dominates, so XLA's optimisation passes are skipped (conftest).
 pytestmark = pytest.mark.usefixtures("skip_xla_optimizations")

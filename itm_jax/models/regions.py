@@ -31,18 +31,8 @@ from itm_jax.models.text import (
     _symmetric_uniform,
     _valid_mask,
 )
-from itm_jax.similarity import safe_sqrt
+from itm_jax.similarity import l2n
 
-NORM_EPS = 1e-8
-
-
-def l2n(x: jax.Array, axis: int = -1) -> jax.Array:
-    """``x / (sqrt(sum x^2) + 1e-8)`` along ``axis`` (SCAN's ``l2norm``).
-
-    The zero-safe square root keeps the gradient of a zero vector finite (it maps to zero).
-    """
-    norm = safe_sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-    return x / (norm + NORM_EPS)
 
 
 def torch_gru_cell(in_features: int, hidden: int, *, rngs: nnx.Rngs) -> nnx.GRUCell:
