@@ -24,7 +24,13 @@ from itm_jax.data.word_vectors import load_word_vectors
 from itm_jax.errors import RunError
 from itm_jax.models.dual_encoder import DualEncoder, build_dual_encoder
 from itm_jax.models.mobilenet import MobileNetV1
-from itm_jax.models.pretrained import load_keras_mobilenet, load_torchvision_resnet
+from itm_jax.models.pretrained import (
+    load_authors_weights,
+    load_keras_mobilenet,
+    load_torchvision_resnet,
+)
+from itm_jax.models.set_encoder import SetEncoder
+from itm_jax.models.vsrn import VSRNImageEncoder
 from itm_jax.objective import batch_extras
 from itm_jax.training import checkpointing
 from itm_jax.training.optim import Stage, make_stages, steps_per_epoch
@@ -41,13 +47,19 @@ def make_mesh(config) -> Mesh:
                          axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def load_pretrained_backbone(model: DualEncoder, path: str) -> None:
-    """ImageNet weights converted by ``python -m itm_jax.models.convert_weights`` (``.npz``)."""
+def load_pretrained(model, path: str) -> None:
+    """``model.pretrained``: weights converted by ``python -m itm_jax.models.convert_weights``
+    (``.npz``): ImageNet weights of a CNN image encoder's backbone, or the authors' SCAN, BFAN
+    or VSRN model."""
     if not path:
+        return
+    if isinstance(model, SetEncoder) or isinstance(model.image_encoder, VSRNImageEncoder):
+        load_authors_weights(model, path)
         return
     backbone = getattr(model.image_encoder, "backbone", None)
     if backbone is None:
-        raise ValueError(f"model.pretrained={path!r} needs a CNN image encoder, not precomp.")
+        raise ValueError(f"model.pretrained={path!r} needs a CNN image encoder or a SCAN, BFAN "
+                         "or VSRN model, not precomp.")
     load = load_keras_mobilenet if isinstance(backbone, MobileNetV1) else load_torchvision_resnet
     load(backbone, path)
 
@@ -85,7 +97,7 @@ class Experiment:
             image_dim=image_dim(train), word_vectors=self._word_vectors(),
             rngs=nnx.Rngs(config.seed),
         )
-        load_pretrained_backbone(self.model, config.model.get("pretrained", ""))
+        load_pretrained(self.model, config.model.get("pretrained", ""))
         self.checkpoints = checkpointing.Checkpoints(self.workdir / "checkpoints",
                                                      keep=config.keep_checkpoints)
 

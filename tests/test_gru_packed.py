@@ -23,9 +23,9 @@ V, WORD, HID = 50, 8, 12
 pytestmark = pytest.mark.usefixtures("skip_xla_optimizations")
 
 
-def encoder(gru_impl, num_layers=1):
+def encoder(gru_impl, num_layers=1, torch_cell=False):
     return GRUTextEncoder(V, WORD, HID, num_layers=num_layers, normalize=False,
-                          gru_impl=gru_impl, rngs=nnx.Rngs(3))
+                          gru_impl=gru_impl, torch_cell=torch_cell, rngs=nnx.Rngs(3))
 
 
 @nnx.jit
@@ -72,10 +72,13 @@ def batch(lengths, seq, seed):
         (np.random.default_rng(2).integers(1, 8, 200), 8, 1),  # > 16 blocks: 16-row blocks
     ],
 )
-def test_packed_gru_matches_scan(lengths, seq, num_layers):
+@pytest.mark.parametrize("torch_cell", [False, True])
+def test_packed_gru_matches_scan(lengths, seq, num_layers, torch_cell):
+    """Flax's cell and PyTorch's (recurrent biases, whose gradients are checked too)."""
     tokens, lengths, w = batch(lengths, seq, len(lengths))
-    scan, packed = encoder("scan", num_layers), encoder("packed", num_layers)
+    scan, packed = (encoder(impl, num_layers, torch_cell) for impl in ("scan", "packed"))
     assert (scan.packed, packed.packed) == (False, True)
+    assert (scan.layers[0].cell.dense_h.bias is not None) == torch_cell
     for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(scan)),
                                  nnx.to_flat_state(nnx.state(packed)), strict=True):
         np.testing.assert_array_equal(a[...], b[...], err_msg=str(path))  # the same weights

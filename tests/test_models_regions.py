@@ -15,7 +15,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import numpy_refs_models_enc as ref
 from itm_jax.losses.caption import caption_generation as caption_loss
-from itm_jax.models.regions import BiGRUWordEncoder, RegionProjection, torch_gru_cell
+from itm_jax.models.regions import BiGRUWordEncoder, RegionProjection
+from itm_jax.models.text import torch_gru_cell
 from itm_jax.models.vsrn import (
     CaptionGenerator,
     TorchBatchNorm,

@@ -203,9 +203,10 @@ def build_dual_encoder(
             head=head, normalize=False, rngs=rngs,
         )
     if text == "gru":
+        # VSRN's caption encoder is the authors' PyTorch GRU exactly (their checkpoints convert).
         text_encoder = GRUTextEncoder(vocab_size, word, opt["text_hidden"] or embed,
                                       normalize=False, pretrained=word_vectors,
-                                      gru_impl=gru_impl, rngs=rngs)
+                                      gru_impl=gru_impl, torch_cell=image == "vsrn", rngs=rngs)
     elif text.startswith("bilstm"):
         pooling = "last_mean" if text == "bilstm_mean" else "max"
         hidden = opt["text_hidden"] or (embed if pooling == "last_mean" else embed // 2)

@@ -1,4 +1,4 @@
-"""Load converted ImageNet weights into ``ResNet`` and ``MobileNetV1``.
+"""Load converted weights: ImageNet backbones, and the SCAN, BFAN and VSRN authors' models.
 
 Nothing is downloaded: the user converts a checkpoint once with
 ``python -m itm_jax.models.convert_weights`` into an ``.npz`` keyed by the source framework's
@@ -17,6 +17,16 @@ Keras MobileNet (``keras.applications.MobileNet`` ``.h5``):
   ``conv_dw_{n}/depthwise_kernel:0 [3, 3, C, 1]`` -> ``blocks[n-1].dw.kernel [3, 3, 1, C]``;
   ``{layer}_bn/{gamma, beta, moving_mean, moving_variance}:0`` -> ``{scale, bias, mean, var}``.
   Ignored: the classifier ``conv_preds/*``.
+
+SCAN / BFAN / VSRN (the authors' ``model_best.pth.tar``: ``model = [img_enc.state_dict(),
+txt_enc.state_dict()]``, written with the prefixes ``img_enc.`` / ``txt_enc.``):
+  ``fc.weight [O, I]`` -> ``fc.kernel [I, O]``, ``fc.bias`` as it is;
+  ``embed.weight`` -> ``embed.embedding``; GRU ``rnn.{weight,bias}_{ih,hh}_l{k}[_reverse]``
+  -> ``cell.dense_{i,h}.{kernel,bias}`` (weights transposed; SCAN's bi-GRU: ``forward_rnn`` /
+  ``backward_rnn``, VSRN: ``layers[k]`` and the image GRU ``img_rnn``);
+  VSRN's ``Rs_GCN_{k}.{g,theta,phi}.weight [O, I, 1]`` -> ``gcn[k-1].{g,theta,phi}.kernel``,
+  ``Rs_GCN_{k}.W.0`` -> ``gcn[k-1].w``, ``Rs_GCN_{k}.W.1`` and ``bn`` (f30k) -> BatchNorm
+  ``{scale, bias, mean, var}``. Ignored: ``*.num_batches_tracked``.
 """
 
 from __future__ import annotations
@@ -29,8 +39,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from itm_jax.models.dual_encoder import DualEncoder
 from itm_jax.models.mobilenet import MobileNetV1
 from itm_jax.models.resnet import ResNet
+from itm_jax.models.set_encoder import SetEncoder
+from itm_jax.models.vsrn import VSRNImageEncoder
 
 # A source tensor becomes ours as `array.transpose(perm)` (None: unchanged).
 _OIHW_TO_HWIO = (2, 3, 1, 0)
@@ -131,6 +144,8 @@ def _assign(
     table: Mapping[str, tuple],
     ignored: Callable[[str], bool],
     what: str,
+    fix: str = "Check that the model's architecture (depths, width, alpha) matches the "
+    "checkpoint's.",
 ) -> None:
     missing = sorted(set(table) - set(arrays))
     unexpected = sorted(k for k in set(arrays) - set(table) if not ignored(k))
@@ -150,8 +165,7 @@ def _assign(
         hint = (
             "None of the expected keys is present: was the file converted from a different source?"
             if len(missing) == len(table)
-            else "Check that the model's architecture (depths, width, alpha) matches the "
-            "checkpoint's."
+            else fix
         )
         raise ValueError(
             f"The weights do not fit this {what}:\n  " + "\n  ".join(problems) + f"\n{hint}"
@@ -160,6 +174,8 @@ def _assign(
     new = {}
     for name, (path, perm, _) in table.items():
         array = arrays[name] if perm is None else np.transpose(arrays[name], perm)
+        # A 1x1 Conv1d weight [O, I, 1] is transposed to [1, I, O], a Linear's [I, O].
+        array = array.reshape(current[path].shape)
         new[path] = jnp.asarray(array, dtype=current[path].dtype)
     nnx.update(model, nnx.from_flat_state(new))
 
@@ -234,4 +250,94 @@ def load_keras_mobilenet(model: MobileNetV1, npz_path: str | os.PathLike) -> Mob
         lambda k: k.startswith("conv_preds/"),
         f"MobileNetV1(alpha={model.alpha})",
     )
+    return model
+
+
+# The authors' SCAN / BFAN / VSRN code (PyTorch) names of our leaves.
+_LINEAR_LEAF = {"kernel": ("weight", (1, 0)), "bias": ("bias", None)}
+_CONV1D_LEAF = {"kernel": ("weight", (2, 1, 0)), "bias": ("bias", None)}  # weight [O, I, 1]
+_GRU_LEAF = {("dense_i", "kernel"): ("weight_ih", (1, 0)), ("dense_i", "bias"): ("bias_ih", None),
+             ("dense_h", "kernel"): ("weight_hh", (1, 0)), ("dense_h", "bias"): ("bias_hh", None)}
+_BN_LEAF = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+
+
+def _authors_leaf(path: tuple) -> tuple[str, tuple[int, ...] | None, bool]:
+    """``(name, perm, conv)`` of one leaf under ``image_encoder`` / ``text_encoder``."""
+    head, rest = path[0], path[1:]
+    if head in ("rnn", "forward_rnn", "backward_rnn", "layers"):
+        layer = rest[0] if head == "layers" else 0
+        rest = rest[1:] if head == "layers" else rest
+        weight, perm = _GRU_LEAF[rest[1:]]  # rest = ("cell", dense, leaf)
+        suffix = "_reverse" if head == "backward_rnn" else ""
+        return f"{'img_rnn' if head == 'rnn' else 'rnn'}.{weight}_l{layer}{suffix}", perm, False
+    if head == "embed":
+        return "embed.weight", None, False
+    if head == "bn":
+        return f"bn.{_BN_LEAF[rest[0]]}", None, False
+    if head == "gcn":  # ("gcn", k, "g" | "theta" | "phi" | "w" | "bn", leaf)
+        k, layer, leaf = rest
+        block = f"Rs_GCN_{k + 1}"
+        if layer == "bn":
+            return f"{block}.W.1.{_BN_LEAF[leaf]}", None, False
+        weight, perm = _CONV1D_LEAF[leaf]
+        return f"{block}.{'W.0' if layer == 'w' else layer}.{weight}", perm, leaf == "kernel"
+    weight, perm = _LINEAR_LEAF[rest[0]]  # ("fc", leaf)
+    return f"{head}.{weight}", perm, False
+
+
+def authors_names(model: nnx.Module) -> dict:
+    """The authors' checkpoint entries a SCAN / BFAN (``SetEncoder``) or VSRN model reads.
+
+    Same form as ``torchvision_resnet_names``, keyed ``img_enc.<name>`` / ``txt_enc.<name>``
+    as ``convert_weights`` writes them, e.g. ``"img_enc.Rs_GCN_1.g.weight": (("image_encoder",
+    "gcn", 0, "g", "kernel"), (2, 1, 0), (E, E, 1))``. VSRN's caption branch is not in the
+    authors' checkpoints (their ``state_dict`` saves the two encoders only) and keeps its values.
+    """
+    state = nnx.state(model, (nnx.Param, nnx.BatchStat))
+    table = {}
+    for path, var in nnx.to_flat_state(state):
+        encoder = {"image_encoder": "img_enc", "text_encoder": "txt_enc"}.get(path[0])
+        if encoder is None:
+            continue
+        name, perm, conv = _authors_leaf(path[1:])
+        shape = _source_shape(var.shape, perm[1:] if conv else perm)
+        table[f"{encoder}.{name}"] = (path, perm, (*shape, 1) if conv else shape)
+    return table
+
+
+def load_authors_weights(model: nnx.Module, npz_path: str | os.PathLike) -> nnx.Module:
+    """Writes a converted SCAN, BFAN or VSRN checkpoint of the authors' code into ``model``.
+
+    Args:
+      model: the ``SetEncoder`` of SCAN / BFAN (``model.image="regions"``) or the VSRN
+        ``DualEncoder`` (``model.image="vsrn"``), with the checkpoint's sizes: region feature
+        size, ``embed_dim``, ``word_dim``, the vocabulary of the authors' ``vocab.pkl``
+        (``convert_weights --vocab``) and, for VSRN, ``vsrn_variant`` (``f30k`` checkpoints
+        hold ``img_enc.bn.*``).
+      npz_path: output of ``python -m itm_jax.models.convert_weights scan|bfan|vsrn``.
+
+    Returns:
+      ``model`` itself: Linear weights transposed to ``[in, out]``, the 1x1 ``Conv1d`` weights
+      of VSRN's graph blocks ``[out, in, 1]`` to ``[in, out]``, GRU weights ``weight_ih``,
+      ``weight_hh [3H, in]`` transposed with the gates kept in PyTorch's ``r, z, n`` order,
+      biases and BatchNorm statistics as they are. The converted model computes the authors'
+      embeddings (SCAN / BFAN regions and words, VSRN's two global embeddings).
+
+    Raises:
+      FileNotFoundError, ValueError: as ``load_torchvision_resnet`` (``*.num_batches_tracked``
+        is ignored); TypeError for any other model.
+    """
+    vsrn = isinstance(model, DualEncoder) and isinstance(model.image_encoder, VSRNImageEncoder)
+    if not (vsrn or isinstance(model, SetEncoder)):
+        raise TypeError(
+            "load_authors_weights converts the SCAN, BFAN and VSRN authors' checkpoints: it "
+            f"needs model.image='regions' (SCAN / BFAN) or 'vsrn'; got {type(model).__name__}."
+        )
+    arrays = _read_npz(npz_path, "scan", "model_best.pth.tar")
+    what = (f"VSRN model (vsrn_variant={model.image_encoder.variant!r})" if vsrn
+            else "SCAN / BFAN model")
+    _assign(model, arrays, authors_names(model), lambda k: k.endswith(".num_batches_tracked"),
+            what, "Check model.image (regions: SCAN / BFAN; vsrn), model.vsrn_variant and the "
+            "sizes (region features, embed_dim, word_dim, the vocabulary: start the run with the "
+            "converted <npz>.vocab.json as WORKDIR/vocab.json) against the checkpoint's.")
     return model

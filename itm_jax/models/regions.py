@@ -1,4 +1,4 @@
-"""Region and word encoders of the cross-attention models SCAN and BFAN, and their GRU.
+"""Region and word encoders of the cross-attention models SCAN and BFAN.
 
 SCAN (Lee et al., "Stacked Cross Attention for Image-Text Matching", ECCV 2018) and BFAN (Liu
 et al., "Focus Your Attention: A Bidirectional Focal Attention Network for Image-Text
@@ -11,13 +11,11 @@ words, so their encoders keep one vector per region and one per word instead of 
   bidirectional GRU whose two directions are averaged per word, then L2-normalised per word.
 
 Both normalise with ``l2n(x) = x / (||x|| + 1e-8)`` (the eps is added to the norm, as the
-authors' ``l2norm``). ``torch_gru_cell`` is PyTorch's ``nn.GRU`` cell, shared with VSRN
-(``itm_jax.models.vsrn``) so that the authors' checkpoints convert exactly.
+authors' ``l2norm``). Their GRUs are PyTorch's (``itm_jax.models.text.torch_gru_cell``), so
+that the authors' checkpoints convert exactly.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -30,30 +28,9 @@ from itm_jax.models.text import (
     _embedding,
     _symmetric_uniform,
     _valid_mask,
+    torch_gru_cell,
 )
 from itm_jax.similarity import l2n
-
-
-
-def torch_gru_cell(in_features: int, hidden: int, *, rngs: nnx.Rngs) -> nnx.GRUCell:
-    """PyTorch's ``nn.GRU`` cell (one layer, one direction) as an ``nnx.GRUCell``.
-
-    ``cell(h [B, hidden], x [B, in_features]) -> (h', h')`` with
-    ``r = sigma(W_ir x + b_ir + W_hr h + b_hr)``, ``z = sigma(W_iz x + b_iz + W_hz h + b_hz)``,
-    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) * n + z * h``.
-
-    Flax's cell has no recurrent bias; ``b_hn`` sits inside ``r * (.)`` and cannot be folded
-    into ``b_in``, so ``dense_h`` is replaced by a linear layer with a bias. Parameters (the
-    gate blocks in PyTorch's order ``[r | z | n]`` along the output axis):
-    ``dense_i.kernel [in, 3H] = weight_ih.T``, ``dense_i.bias [3H] = bias_ih``,
-    ``dense_h.kernel [H, 3H] = weight_hh.T``, ``dense_h.bias [3H] = bias_hh``. All start
-    ``U(-1/sqrt(H), 1/sqrt(H))`` as PyTorch's.
-    """
-    init = _symmetric_uniform(1.0 / math.sqrt(hidden))
-    cell = nnx.GRUCell(in_features, hidden, kernel_init=init, recurrent_kernel_init=init,
-                       bias_init=init, rngs=rngs)
-    cell.dense_h = nnx.Linear(hidden, 3 * hidden, kernel_init=init, bias_init=init, rngs=rngs)
-    return cell
 
 
 class RegionProjection(nnx.Module):

@@ -17,6 +17,7 @@ an out-of-range length there silently reads the wrong step.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -113,6 +114,31 @@ def _symmetric_uniform(bound: float) -> Callable:
     return init
 
 
+def torch_gru_cell(in_features: int, hidden: int, *, rngs: nnx.Rngs) -> nnx.GRUCell:
+    """PyTorch's ``nn.GRU`` cell (one layer, one direction) as an ``nnx.GRUCell``.
+
+    ``cell(h [B, hidden], x [B, in_features]) -> (h', h')`` with
+    ``r = sigma(W_ir x + b_ir + W_hr h + b_hr)``, ``z = sigma(W_iz x + b_iz + W_hz h + b_hz)``,
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) * n + z * h``.
+
+    Flax's cell has no recurrent bias; ``b_hn`` sits inside ``r * (.)`` and cannot be folded
+    into ``b_in``, so ``dense_h`` is replaced by a linear layer with a bias. Parameters (the
+    gate blocks in PyTorch's order ``[r | z | n]`` along the output axis):
+    ``dense_i.kernel [in, 3H] = weight_ih.T``, ``dense_i.bias [3H] = bias_ih``,
+    ``dense_h.kernel [H, 3H] = weight_hh.T``, ``dense_h.bias [3H] = bias_hh``. All start
+    ``U(-1/sqrt(H), 1/sqrt(H))`` as PyTorch's.
+    """
+    init = _symmetric_uniform(1.0 / math.sqrt(hidden))
+    cell = nnx.GRUCell(in_features, hidden, kernel_init=init, recurrent_kernel_init=init,
+                       bias_init=init, rngs=rngs)
+    cell.dense_h = nnx.Linear(hidden, 3 * hidden, kernel_init=init, bias_init=init, rngs=rngs)
+    return cell
+
+
+def _flax_gru_cell(in_features: int, hidden: int, *, rngs: nnx.Rngs) -> nnx.GRUCell:
+    return nnx.GRUCell(in_features, hidden, rngs=rngs)
+
+
 def _rng_stream(rngs: nnx.Rngs, stream: str, name: str) -> nnx.RngStream:
     try:
         return rngs[stream].fork()
@@ -166,9 +192,11 @@ class GRUTextEncoder(nnx.Module):
     ``packed_gru_pays`` (512 units or more on a single CPU device), else the scan. The choice
     is made and printed (process 0) when the encoder is built.
 
-    Differences from the authors' PyTorch ``nn.GRU``: Flax's ``GRUCell`` has no recurrent bias
-    ``b_hn`` inside ``r * (W_hn h + b_hn)`` (PyTorch has both ``b_in`` and ``b_hn``), and its
-    kernels start lecun-normal / orthogonal rather than ``U(-1/sqrt(H), 1/sqrt(H))``.
+    ``torch_cell`` picks the cell: Flax's ``GRUCell`` (default) has no recurrent bias ``b_hn``
+    inside ``r * (W_hn h + b_hn)`` and starts its kernels lecun-normal / orthogonal; with
+    ``torch_cell=True`` every layer is PyTorch's ``nn.GRU`` cell (``torch_gru_cell``: recurrent
+    biases, ``U(-1/sqrt(H), 1/sqrt(H))`` init), the authors' encoder exactly, so that their
+    checkpoints convert (VSRN's text side, ``itm_jax.models.pretrained.load_authors_weights``).
 
     ConVSE normalises after its projection head (``ConVSEHead``), not before: build this encoder
     with ``normalize=False`` there and L2-normalise the head's output.
@@ -182,7 +210,11 @@ class GRUTextEncoder(nnx.Module):
       pretrained: optional ``[vocab_size, word_dim]`` table (e.g. word2vec) to start the
         embedding from; otherwise ``U(-0.1, 0.1)`` as VSE++'s ``init_weights``.
       gru_impl: one of ``GRU_IMPLS``: ``"auto"``, ``"scan"`` or ``"packed"`` (see above).
+      torch_cell: PyTorch's GRU cell in every layer (see above).
       rngs: parameter RNG.
+
+    Parameters: ``embed.embedding [V, word_dim]`` (PyTorch ``embed.weight``), ``layers[k].cell``
+    (``rnn.*_l{k}``; with ``torch_cell``, as ``torch_gru_cell`` maps them).
     """
 
     def __init__(
@@ -195,6 +227,7 @@ class GRUTextEncoder(nnx.Module):
         normalize: bool = True,
         pretrained=None,
         gru_impl: str = "auto",
+        torch_cell: bool = False,
         rngs: nnx.Rngs,
     ):
         _check_dims(
@@ -214,7 +247,9 @@ class GRUTextEncoder(nnx.Module):
         )
         self.layers = nnx.List(
             [
-                nnx.RNN(nnx.GRUCell(d, embed_dim, rngs=rngs), rngs=False)
+                nnx.RNN((torch_gru_cell if torch_cell else _flax_gru_cell)(d, embed_dim,
+                                                                          rngs=rngs),
+                        rngs=False)
                 for d in [word_dim] + [embed_dim] * (num_layers - 1)
             ]
         )
@@ -229,7 +264,8 @@ class GRUTextEncoder(nnx.Module):
         x = self.embed(jnp.where(_valid_mask(lengths, seq), tokens, 0))  # [B, L, word_dim]
         if self.packed:
             cells = [rnn.cell for rnn in self.layers]
-            weights = [(c.dense_i.kernel[...], c.dense_i.bias[...], c.dense_h.kernel[...])
+            weights = [(c.dense_i.kernel[...], c.dense_i.bias[...], c.dense_h.kernel[...],
+                        None if c.dense_h.bias is None else c.dense_h.bias[...])
                        for c in cells]
             out = packed_gru(x, lengths, weights)  # [B, embed_dim]
         else:

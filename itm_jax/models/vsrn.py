@@ -23,7 +23,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from itm_jax.models.image import xavier_linear
-from itm_jax.models.regions import torch_gru_cell
 from itm_jax.models.text import (
     _check_dims,
     _check_dropout,
@@ -31,6 +30,7 @@ from itm_jax.models.text import (
     _rng_stream,
     _symmetric_uniform,
     _valid_mask,
+    torch_gru_cell,
 )
 
 VARIANTS = ("coco", "f30k")

@@ -1,5 +1,6 @@
-"""Packed GRU: stacked Flax ``GRUCell`` layers over captions sorted by length, computing only the
-captions that still hold a token at each step, as PyTorch's ``pack_padded_sequence``.
+"""Packed GRU: stacked ``GRUCell`` layers (Flax's or PyTorch's) over captions sorted by length,
+computing only the captions that still hold a token at each step, as PyTorch's
+``pack_padded_sequence``.
 
 ``packed_gru(x [B, L, D], lengths [B], weights) -> [B, H]`` is the function of the plain masked
 ``lax.scan`` (``GRUTextEncoder`` with ``gru_impl="scan"``) to float32 rounding, differentiable in
@@ -88,14 +89,15 @@ def _chunks(x: jax.Array | None, size: int) -> jax.Array | None:
     return None if x is None else x.reshape((-1, size) + x.shape[1:])
 
 
-def _forward(x, n_active, w_i, b_i, w_h, *, save: bool):
-    """Flax's ``GRUCell`` over ``x [L, D, B]`` (time-major, feature-major) whose columns are
+def _forward(x, n_active, w_i, b_i, w_h, b_h, *, save: bool):
+    """A ``GRUCell`` (Flax's; PyTorch's when the recurrent bias ``b_h [3H]`` is not None) over
+    ``x [L, D, B]`` (time-major, feature-major) whose columns are
     sorted by length, descending; ``n_active [L]`` counts the captions that hold a token at each
     step.
 
     Returns the final states ``[H, B]`` (column b frozen after its last valid step) and the
     states after every step ``[L, H, B]``, plus, with ``save``, the gates ``r, z, n`` and
-    ``W_hn h`` of every step for the backward pass. Columns outside a chunk's row block are
+    ``W_hn h + b_hn`` of every step for the backward pass. Columns outside a chunk's row block are
     zero there.
     """
     seq, d, b = x.shape
@@ -110,7 +112,7 @@ def _forward(x, n_active, w_i, b_i, w_h, *, save: bool):
             outs = []
             for s in range(_TIME_CHUNK):
                 xp = w_it @ x_c[s, :, :rows] + b_i[:, None]  # [3H, rows]
-                hp = w_ht @ h_a
+                hp = w_ht @ h_a if b_h is None else w_ht @ h_a + b_h[:, None]
                 r = jax.nn.sigmoid(xp[:hd] + hp[:hd])
                 z = jax.nn.sigmoid(xp[hd : 2 * hd] + hp[hd : 2 * hd])
                 hn = hp[2 * hd :]
@@ -134,23 +136,23 @@ def _forward(x, n_active, w_i, b_i, w_h, *, save: bool):
     return h, tuple(v.reshape(seq, hd, b) for v in saved)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _layer(x, n_active, w_i, b_i, w_h, sequence: bool):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _layer(x, n_active, w_i, b_i, w_h, b_h, sequence: bool):
     """Packed GRU layer: ``x [L, D, B]`` (see ``_forward``; L a multiple of
     ``_GRAD_CHUNK``) -> the states after every step ``[L, H, B]`` if ``sequence`` (valid at
     each caption's valid steps), else the last ``[H, B]`` (each caption's state after its last
     valid step)."""
-    h, (hs,) = _forward(x, n_active, w_i, b_i, w_h, save=False)
+    h, (hs,) = _forward(x, n_active, w_i, b_i, w_h, b_h, save=False)
     return hs if sequence else h
 
 
-def _layer_fwd(x, n_active, w_i, b_i, w_h, sequence):
-    h, saved = _forward(x, n_active, w_i, b_i, w_h, save=True)
-    return (saved[0] if sequence else h), (x, n_active, w_i, w_h, saved)
+def _layer_fwd(x, n_active, w_i, b_i, w_h, b_h, sequence):
+    h, saved = _forward(x, n_active, w_i, b_i, w_h, b_h, save=True)
+    return (saved[0] if sequence else h), (x, n_active, w_i, w_h, b_h, saved)
 
 
 def _layer_bwd(sequence, residuals, ct):
-    x, n_active, w_i, w_h, (hs, r, z, n, hn) = residuals
+    x, n_active, w_i, w_h, b_h, (hs, r, z, n, hn) = residuals
     seq, d, b = x.shape
     hd = w_h.shape[0]
     c = _GRAD_CHUNK
@@ -158,7 +160,7 @@ def _layer_bwd(sequence, residuals, ct):
 
     def branch(rows):  # one chunk back through the first `rows` columns
         def f(carry, x_c, hp_c, r_c, z_c, n_c, hn_c, count, d_c):
-            dh, (d_wi, d_bi, d_wh) = carry
+            dh, (d_wi, d_bi, d_wh, d_bh) = carry
             if rows == 0:
                 return carry, jnp.zeros_like(x_c)
             x_c, hp_c, r_c, z_c, n_c, hn_c = (
@@ -182,7 +184,7 @@ def _layer_bwd(sequence, residuals, ct):
             g_h = jnp.stack(g_h, axis=1).reshape(3 * hd, c * rows)
             side = lambda v: jnp.swapaxes(v, 0, 1).reshape(v.shape[1], c * rows)  # noqa: E731
             acc = (d_wi + _dot_nt(side(x_c), g_x), d_bi + g_x.sum(axis=1),
-                   d_wh + _dot_nt(side(hp_c), g_h))
+                   d_wh + _dot_nt(side(hp_c), g_h), d_bh + g_h.sum(axis=1))
             d_x = jnp.swapaxes((w_i @ g_x).reshape(d, c, rows), 0, 1)  # [C, D, rows]
             dh = jax.lax.dynamic_update_slice(dh, dh_a, (0, 0)) if rows < b else dh_a
             return (dh, acc), _pad_axis(d_x, b, 2)
@@ -196,27 +198,28 @@ def _layer_bwd(sequence, residuals, ct):
         return jax.lax.switch(_branch(count[0], b), branches, carry, *inputs)
 
     d_seq, dh0 = (ct, jnp.zeros((hd, b), ct.dtype)) if sequence else (None, ct)
-    acc0 = (jnp.zeros_like(w_i), jnp.zeros((3 * hd,), w_i.dtype), jnp.zeros_like(w_h))
+    bias0 = jnp.zeros((3 * hd,), w_i.dtype)
+    acc0 = (jnp.zeros_like(w_i), bias0, jnp.zeros_like(w_h), bias0)
     inputs = tuple(_chunks(v, c) for v in (x, h_prev, r, z, n, hn, n_active, d_seq))
-    (_, (d_wi, d_bi, d_wh)), d_x = jax.lax.scan(chunk, (dh0, acc0), inputs, reverse=True)
-    return d_x.reshape(x.shape), None, d_wi, d_bi, d_wh
+    (_, (d_wi, d_bi, d_wh, d_bh)), d_x = jax.lax.scan(chunk, (dh0, acc0), inputs, reverse=True)
+    return d_x.reshape(x.shape), None, d_wi, d_bi, d_wh, None if b_h is None else d_bh
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)
 
 
 def packed_gru(x: jax.Array, lengths: jax.Array, weights) -> jax.Array:
-    """Stacked GRU layers ``[(W_i [D, 3H], b_i [3H], W_h [H, 3H]), ...]`` (Flax ``GRUCell``
-    kernels, gates r, z, n) over ``x [B, L, D]``: the last layer's state after ``lengths[b]``
-    steps, ``[B, H]``."""
-    dtype = jnp.result_type(x, *(w for layer in weights for w in layer))
+    """Stacked GRU layers ``[(W_i [D, 3H], b_i [3H], W_h [H, 3H], b_h [3H] | None), ...]``
+    (``GRUCell`` kernels, gates r, z, n; ``b_h`` the recurrent bias of PyTorch's cell, None for
+    Flax's) over ``x [B, L, D]``: the last layer's state after ``lengths[b]`` steps, ``[B, H]``."""
+    dtype = jnp.result_type(x, *(w for layer in weights for w in layer if w is not None))
     order = jnp.argsort(-lengths, stable=True)  # the longest caption first
     x = jnp.transpose(x[order].astype(dtype), (1, 2, 0))  # [L, D, B]
     # Whole chunks of steps; the added steps have no active row and cost nothing.
     x = _pad_axis(x, -(-x.shape[0] // _GRAD_CHUNK) * _GRAD_CHUNK, 0)
     n_active = jnp.sum(lengths[None, :] > jnp.arange(x.shape[0])[:, None], axis=1)  # [L]
     for i, layer in enumerate(weights):
-        w_i, b_i, w_h = (w.astype(dtype) for w in layer)
-        x = _layer(x, n_active, w_i, b_i, w_h, i < len(weights) - 1)
+        w_i, b_i, w_h, b_h = (None if w is None else w.astype(dtype) for w in layer)
+        x = _layer(x, n_active, w_i, b_i, w_h, b_h, i < len(weights) - 1)
     return x.T[jnp.argsort(order)]
 
