@@ -10,9 +10,10 @@ steps, the last one at a tenth of the learning rate; MH needs them to pass SH, w
 Every other config imports this one and changes a few fields; presets after the colon:
 ``loss=sh|mh|imc|convse|convse++|cmpm|aoq`` swaps the objective for another paper's loss with
 its hyper-parameters (the ablation of ``python -m itm_jax.cli.demo``; same encoder and budget;
-``aoq`` is round 2 and needs ``--config.aoq.mining_dir``), ``model=scan|bfan|vsrn`` swaps the
-global-embedding model for one of AOQ's base models on the data's region features (default
-``global``), ``no_warmup`` drops the SH epoch that hardest-negative losses start with, and
+``aoq`` is round 2 and needs ``--config.aoq.mining_dir``, as do AOQ's other round-2 objectives
+``offtri``, ``offquin`` and ``aoq_zero``: MH inside round 2's pipeline, which must train as
+``mh``), ``model=scan|bfan|vsrn`` swaps the global-embedding model for one of AOQ's base
+models on the data's region features (default ``global``), ``no_warmup`` drops the SH epoch that hardest-negative losses start with, and
 ``smoke`` shrinks data and steps so a run finishes in seconds (tests):
 ``configs/default.py:loss=imc,smoke``.
 """
@@ -31,9 +32,17 @@ LOSSES = {
     # AOQ round 2 (needs --config.aoq.mining_dir); round 1 is "mh".
     "aoq": [("aoq_loss", dict(variant="adaptive", margin_online=0.2, margin_offline=0.0,
                               alpha=0.3, beta=1.5))],
+    # AOQ Table 3's other round-2 objectives: offline triplet (Eq. 3), quintuplet (Eq. 3 + 4).
+    "offtri": [("aoq_loss", dict(variant="offtri", margin_online=0.2, margin_offline=0.0))],
+    "offquin": [("aoq_loss", dict(variant="offquin", margin_online=0.2, margin_offline=0.0))],
+    # Round 2's pipeline (offline negatives drawn and scored) with the offline terms weighted 0:
+    # the objective is MH, so it must train exactly as `mh` does (a check of the pipeline).
+    "aoq_zero": [("max_of_hinges", dict(margin=0.2)),
+                 ("aoq_loss", dict(weight=0.0, variant="offquin", margin_online=0.2,
+                                   margin_offline=0.0))],
 }
 # Losses that only see the hardest negative start with one epoch of sum of hinges.
-WARM_UP = ("mh", "imc", "convse++", "aoq")
+WARM_UP = ("mh", "imc", "convse++", "aoq", "offtri", "offquin", "aoq_zero")
 
 
 # AOQ's base models on the synthetic data's region features (4 regions: the scene and one per
@@ -114,7 +123,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # The objective: a list of {name, weight, **hyper-parameters} (itm_jax.losses names); the
     # `loss=` preset picks one of LOSSES (the demo's ablation), VSE++'s max of hinges by default.
-    c.losses = [ml_collections.ConfigDict(dict(name=name, weight=1.0, **kw))
+    c.losses = [ml_collections.ConfigDict(dict(name=name, **{"weight": 1.0, **kw}))
                 for name, kw in LOSSES[a.loss]]
     # Build `positives` from image ids (two captions of one image in a batch are not
     # negatives); False reproduces the authors' diagonal-only convention.
