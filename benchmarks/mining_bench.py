@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/mining_bench.py            # 5000 images x 25000 captions, D=1024
     .venv/bin/python benchmarks/mining_bench.py --quick    # 2000 x 10000, D=512
+    .venv/bin/python benchmarks/mining_bench.py --attention  # a SCAN teacher: the cost per pair
 
 Random L2-normalised float32 embeddings, 5 consecutive captions per image; each image's top
 H_t=300 captions and each caption's top H_i=60 images, positives excluded. Timed in one run,
@@ -18,6 +19,12 @@ each method's best of ``--repeats``, the repeats interleaved (the machine may be
 - matmul: the ``[N, D] x [D, M]`` float32 product alone, the ceiling of any exact method: one
   jitted JAX dot, JAX dots in blocks of 1000 rows (ours' engine), and NumPy's (BLAS); the
   fastest is the ceiling.
+
+``--attention``: the cost of mining with a set model (SCAN t2i, ``clipped_l2norm``, mean) as
+the teacher, on 400 images (36 regions) x 2,000 captions (8-30 words, mean ~13, padded to 30),
+D=1024, H_t=40, H_i=8 (lists about as dense as Flickr30K's): ours with the ``AttentionScorer`` against the same sets' attention score matrix alone
+(``itm_jax.scoring.score_matrix``) and against dot-product mining of as many pairs (global
+embeddings, D=1024); per-pair times and the projection to Flickr30K's and COCO's training splits.
 
 All methods must agree by score (the sorted score lists equal to 1e-5; float32 rounding of the
 different matmul kernels may swap near-ties). Targets on a 2-core CPU: ours <= 0.8x faiss and
@@ -53,6 +60,7 @@ BLOCK = 1000  # NumPy and blocked-matmul rows per block
 MAX_VS_FAISS = 0.8
 MAX_VS_MATMUL = 1.5
 COCO = (113_287, 566_435)
+F30K = (29_000, 145_000)
 
 
 def embeddings(n, d, rng):
@@ -131,14 +139,72 @@ def agree(name, ref, got):
     return True
 
 
+def attention_cost(repeats: int) -> None:
+    """``--attention``: SCAN-teacher mining against its score matrix and dot-product mining."""
+    from itm_jax import scoring
+    from scan_bench import caption_lengths, features
+
+    n, m, d = 400, 400 * CAPS, 1024
+    # Lists as dense as Flickr30K's (300 / 60 of 145k / 29k): with 60 of only 400 images, the
+    # t2i group pass would fail for most captions and recompute them (kernel._GROUP).
+    h_t, h_i = 40, 8
+    rng = np.random.default_rng(0)
+    img = features(n, 36, rng)
+    lens = caption_lengths(m, rng)
+    words = features(m, 30, rng)
+    words[np.arange(30)[None, :] >= lens[:, None]] = 0.0
+    cap = {"words": words, "length": lens}
+    cap_to_img = np.repeat(np.arange(n), CAPS)
+    scorer = scoring.AttentionScorer("scan", (
+        ("agg", "mean"), ("direction", "t2i"), ("lambda_lse", 6.0), ("lambda_softmax", 9.0),
+        ("raw_feature_norm", "clipped_l2norm")))
+    glob_img, glob_cap = embeddings(n, d, rng), embeddings(m, d, rng)
+    results = {}
+
+    def mine_sets():
+        results["sets"] = kernel.mine_arrays(img, cap, cap_to_img, h_t=h_t, h_i=h_i,
+                                             block_size=128, scorer=scorer)
+
+    fns = {
+        "mining, SCAN scorer": mine_sets,
+        "SCAN score matrix alone": lambda: results.update(
+            matrix=scoring.score_matrix(scorer, img, cap)),
+        "mining, dot products": lambda: kernel.mine_arrays(
+            glob_img, glob_cap, cap_to_img, h_t=h_t, h_i=h_i, block_size=128),
+    }
+    print(f"{n} images x 36 regions, {m} captions of {lens.min()}-{lens.max()} words (mean "
+          f"{lens.mean():.1f}), D={d}, H_t={h_t}, H_i={h_i}; {jax.device_count()} XLA CPU "
+          f"devices, {os.cpu_count()} cores")
+    for fn in fns.values():  # compile / warm up
+        fn()
+    best = best_of_interleaved(fns, repeats)
+    s = results["matrix"].astype(np.float64)
+    s[np.arange(n)[:, None] == cap_to_img[None, :]] = -np.inf
+    diff = np.abs(results["sets"].i2t_scores - -np.sort(-s, axis=1)[:, :h_t]).max()
+    pairs = n * m
+    print(f"\n{'':26s}{'time':>9s}{'per pair':>11s}{'Flickr30K':>11s}{'COCO':>10s}")
+    for name, t in best.items():
+        hours = [t / pairs * a * b / 3600 for a, b in (F30K, COCO)]
+        print(f"{name:26s}{t:8.2f}s{t / pairs * 1e6:9.2f}us{hours[0]:9.1f} h{hours[1]:8.1f} h")
+    ratio = best["mining, SCAN scorer"] / best["SCAN score matrix alone"]
+    vs_dot = best["mining, SCAN scorer"] / best["mining, dot products"]
+    print(f"\nmining / its score matrix: {ratio:.2f}x; SCAN / dot-product mining: {vs_dot:.0f}x; "
+          f"max |i2t score - the matrix's| {diff:.1e}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2000 images x 10000 captions, D=512")
+    ap.add_argument("--attention", action="store_true",
+                    help="the cost of mining with a SCAN teacher (see the docstring)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--devices", type=int, default=_DEVICES,
                     help="XLA CPU devices for ours (default: one per core)")
     ap.add_argument("--block_size", type=int, default=512, help="ours' image rows per block")
     args = ap.parse_args()
+    if args.attention:
+        attention_cost(args.repeats)
+        return
     n, d = (2000, 512) if args.quick else (5000, 1024)
     m = n * CAPS
     rng = np.random.default_rng(0)

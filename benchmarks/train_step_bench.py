@@ -135,10 +135,13 @@ def vsepp_precomp_config():
 
 
 # ----------------------------------------------------------------------------- ours
-def build_ours(config, *, vocab, image_dim, steps_per_epoch=226):
-    """Model, jitted step and initial state exactly as the training loop builds them."""
+def build_ours(config, *, vocab, image_dim, steps_per_epoch=226, init=None):
+    """Model, jitted step and initial state exactly as the training loop builds them
+    (``init(model)``, if given, sets the initial weights first)."""
     model = build_dual_encoder(config.model, vocab_size=vocab, image_dim=image_dim,
                                rngs=nnx.Rngs(config.seed))
+    if init is not None:
+        init(model)
     stage = make_stages(config, steps_per_epoch)[0]
     mesh = make_mesh(config)
     repl, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))

@@ -142,6 +142,34 @@ def test_multi_device_steps_resume_to_identical_files(tmp_path, monkeypatch):
     assert _lists(tmp_path / "resumed") == _lists(tmp_path / "full")
 
 
+def test_attention_mining_resumes_to_identical_files(tmp_path, monkeypatch):
+    """A set model's job (sets, attention scorer) saves and replays its steps as any other."""
+    from itm_jax.scoring import AttentionScorer
+    from test_aoq_kernel import _sets
+
+    data = _sets()
+    scorer = AttentionScorer("bfan", (("focal", "equal"), ("lambda_softmax", 20.0)))
+    kw = {"h_t": 20, "h_i": 8, "scorer": scorer}
+    full = _mine(tmp_path / "full", data, **kw)
+    assert full["plan"]["steps"] == 3
+    save, saved = store.save_npz, []
+
+    def killed_after_one(path, meta, **arrays):
+        if saved:
+            raise KeyboardInterrupt("killed")
+        save(path, meta, **arrays)
+        saved.append(meta["step"])
+
+    monkeypatch.setattr(store, "save_npz", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        _mine(tmp_path / "resumed", data, **kw)
+    monkeypatch.setattr(store, "save_npz", save)
+    steps = _count_steps(monkeypatch)
+    _mine(tmp_path / "resumed", data, **kw)
+    assert steps == [[32], [64]]
+    assert _lists(tmp_path / "resumed") == _lists(tmp_path / "full")
+
+
 def test_replayed_changes_rebuild_the_lists():
     # Steps of a merge with ties and -inf entries, replayed from their changes alone.
     rng = np.random.default_rng(5)

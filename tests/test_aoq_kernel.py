@@ -131,3 +131,50 @@ def test_any_number_of_devices_mines_the_same_bytes():
     for other in mined[1:]:
         for a, b in zip(mined[0], other):
             assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _sets(n=70, regions=3, words=4, d=8, seed=5):
+    """Region and word sets (ragged captions, 1-3 captions per image), L2-normalised per item."""
+    rng = np.random.default_rng(seed)
+    cap_to_img = np.repeat(np.arange(n), rng.integers(1, 4, n))
+    ids = np.arange(n)
+    ids[7] = ids[9]  # a duplicate picture
+    unit = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)  # noqa
+    img = unit(rng.standard_normal((n, regions, d)))
+    cap = {"words": unit(img[cap_to_img, :1] + rng.standard_normal((len(cap_to_img), words, d))),
+           "length": rng.integers(1, words + 1, len(cap_to_img)).astype(np.int32)}
+    return img, cap, cap_to_img, ids
+
+
+@pytest.mark.parametrize("name, options", [
+    ("scan", (("agg", "logsumexp"), ("direction", "t2i"), ("lambda_lse", 6.0),
+              ("lambda_softmax", 9.0), ("raw_feature_norm", "clipped_l2norm"))),
+    ("bfan", (("focal", "prob"), ("lambda_softmax", 20.0))),
+])
+@pytest.mark.parametrize("devices", [1, 4])
+def test_attention_scorer_lists_equal_its_score_matrix(name, options, devices):
+    """Mining a set model's sets: the lists of its attention score matrix (scored here whole,
+    by the scorer's own function), positives and duplicates excluded, on 1 and 4 devices."""
+    from itm_jax.scoring import AttentionScorer
+
+    img, cap, cap_to_img, ids = _sets()
+    scorer = AttentionScorer(name, options)
+    got = kernel.mine_arrays(img, cap, cap_to_img, image_ids=ids, h_t=20, h_i=8, block_size=32,
+                             devices=jax.devices()[:devices], scorer=scorer)
+    s = np.asarray(scorer(jnp.asarray(img), jax.tree.map(jnp.asarray, cap)), np.float64)
+    s[ids[:, None] == ids[cap_to_img][None, :]] = -np.inf
+    ref_t = -np.sort(-s, axis=1)[:, :20]
+    ref_i = -np.sort(-s.T, axis=1)[:, :8]
+    np.testing.assert_allclose(got.i2t_scores, ref_t, atol=1e-5)
+    np.testing.assert_allclose(got.t2i_scores, ref_i, atol=1e-5)
+    np.testing.assert_allclose(got.i2t_scores, np.take_along_axis(s, got.i2t, 1), atol=1e-5)
+    np.testing.assert_allclose(got.t2i_scores, np.take_along_axis(s.T, got.t2i, 1), atol=1e-5)
+    assert not (ids[cap_to_img][got.i2t] == ids[:, None]).any()
+    assert not (ids[got.t2i] == ids[cap_to_img][:, None]).any()
+    if devices == 4:
+        one = kernel.mine_arrays(img, cap, cap_to_img, image_ids=ids, h_t=20, h_i=8,
+                                 block_size=32, devices=jax.devices()[:1], scorer=scorer)
+        for a, b in zip(got, one, strict=True):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="backend='faiss' searches dot products"):
+        kernel.mine_arrays(img, cap, cap_to_img, h_t=20, h_i=8, backend="faiss", scorer=scorer)

@@ -53,14 +53,26 @@ def test_set_model_metrics_are_those_of_its_score_matrix(scan_run):
     assert scores.shape == (s.shape[1], 3)
 
 
-def test_mining_with_a_set_model_teacher_is_refused_in_one_line(scan_run, tmp_path):
+def test_a_set_model_teacher_mines_the_lists_of_its_attention_scores(scan_run, tmp_path):
+    from itm_jax.aoq import store
     from itm_jax.aoq.teacher import mine_run
-    from itm_jax.errors import RunError
 
     workdir, _ = scan_run
     config = load_config("scan_f30k.py", "direction=t2i,agg=lse,smoke")
-    with pytest.raises(RunError, match="global-embedding teacher .* --checkpoint=<a VSRN run>"):
-        mine_run(config, tmp_path, workdir)
+    out = mine_run(config, tmp_path, workdir, h_t=10, h_i=4, progress=False)
+    run = load_run(workdir)
+    source = run.experiment.sources["train"]
+    i2t, t2i, manifest = store.load_mined(out, source, h_t=10, h_i=4)
+    assert manifest["teacher"]["run_dir"] == str(workdir.absolute())
+    img, cap = run.embed_split("train")
+    s = run.scores(img, cap).astype(np.float64)
+    c2i = np.asarray(source.cap_to_img)
+    s[np.arange(len(img))[:, None] == c2i[None, :]] = -np.inf  # synthetic ids are the indices
+    lists = np.load(out / store.FILES["i2t_scores"]), np.load(out / store.FILES["t2i_scores"])
+    np.testing.assert_allclose(lists[0], -np.sort(-s, axis=1)[:, :10], atol=1e-5)
+    np.testing.assert_allclose(lists[1], -np.sort(-s.T, axis=1)[:, :4], atol=1e-5)
+    np.testing.assert_allclose(lists[0], np.take_along_axis(s, i2t, 1), atol=1e-5)
+    np.testing.assert_allclose(lists[1], np.take_along_axis(s.T, t2i, 1), atol=1e-5)
 
 
 def test_set_model_export_and_report(scan_run, tmp_path):

@@ -46,14 +46,15 @@ from itm_jax.data.source import CaptionedSource, image_ids
 
 
 def mine(img_emb, cap_emb, source: CaptionedSource, out_dir, *, h_t: int = 300, h_i: int = 60,
-         backend: str = "jax", block_size: int = 512, devices=None,
+         backend: str = "jax", block_size: int = 512, devices=None, scorer=None,
          metadata: Mapping[str, Any] | None = None, keep_work: bool = False,
          progress: bool = True) -> dict:
     """Mines the lists of ``kernel.mine_arrays`` for the split ``source`` into ``out_dir``,
     resumably; returns the manifest.
 
     ``img_emb [N, D]`` / ``cap_emb [M, D]`` embed ``source``'s images and captions (index
-    order); its caption->image map and image ids decide the positives, and its
+    order; a set model's sets with its ``scorer``); its caption->image map and image ids decide
+    the positives, and its
     ``store.split_fingerprint`` goes into the manifest. ``metadata`` (the teacher checkpoint,
     config hash, dataset name) is stored in the manifest, its ``"dataset"`` entries next to the
     sizes and the split fingerprint. ``keep_work`` keeps the work files. Other arguments: as
@@ -63,7 +64,7 @@ def mine(img_emb, cap_emb, source: CaptionedSource, out_dir, *, h_t: int = 300, 
     work = out_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
     split = store.split_fingerprint(source)
-    x = prepare(img_emb, cap_emb, source.cap_to_img, image_ids(source), h_t, h_i)
+    x = prepare(img_emb, cap_emb, source.cap_to_img, image_ids(source), h_t, h_i, scorer)
     miner = Miner(x, h_t=h_t, h_i=h_i, backend=backend, block_size=block_size, devices=devices)
     process, processes = jax.process_index(), jax.process_count()
     job = _fingerprint(miner, processes, split)
@@ -101,7 +102,8 @@ def _fingerprint(miner: Miner, processes: int, split: str) -> str:
     h = hashlib.sha256(json.dumps(dict(
         format=store.FORMAT, records=_RECORDS, backend=miner.backend, h_t=miner.h_t, h_i=miner.h_i,
         processes=processes, plan=dataclasses.asdict(miner.plan), split=split)).encode())
-    for a in (miner.x.img, miner.x.cap):
+    h.update(repr(miner.x.scorer).encode())
+    for a in jax.tree.leaves((miner.x.img, miner.x.cap)):
         h.update(memoryview(a).cast("B"))
     return h.hexdigest()
 
@@ -148,7 +150,7 @@ def _replay(work: pathlib.Path, job: str, miner: Miner, share: range):
     """A process's saved steps of ``share``, in order up to the first missing or partial one:
     ``(done, each device's (values, index, bound) after them, [(i2t values, index)] per
     step)``."""
-    lists, parts = empty_state(miner.plan.devices, len(miner.x.cap), miner.h_i), []
+    lists, parts = empty_state(miner.plan.devices, len(miner.x.cap_code), miner.h_i), []
     for c in share:
         saved = store.load_npz(_step_path(work, c), job)
         if saved is None or saved[0].get("step") != c:
@@ -189,9 +191,10 @@ def _finalize(out_dir: pathlib.Path, work: pathlib.Path, miner: Miner, job: str,
         "backend": miner.backend,
         "h_t": miner.h_t,
         "h_i": miner.h_i,
-        "dataset": {**metadata.get("dataset", {}), "num_images": len(x.img),
-                    "num_captions": len(x.cap), "embedding_dim": int(x.img.shape[1]),
+        "dataset": {**metadata.get("dataset", {}), "num_images": len(x.img_code),
+                    "num_captions": len(x.cap_code), "embedding_dim": int(x.img.shape[-1]),
                     "split_sha256": split},
+        "scorer": repr(x.scorer),
         "plan": {"block_size": miner.plan.block, "devices": miner.plan.devices,
                  "processes": processes, "steps": miner.steps},
     })

@@ -46,13 +46,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from itm_jax.scoring import DotScorer, rows, take
 
 BACKENDS = ("jax", "faiss")
 
@@ -125,22 +127,33 @@ def _top_k(x: jax.Array, k: int):
 # ----- inputs ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Inputs:
-    """Validated mining inputs: float32 embeddings, and per image / caption a dense int32 code of
-    its image id (equal codes = same picture)."""
+    """Validated mining inputs: float32 embeddings (or a set model's sets), the scorer that
+    compares them, and per image / caption a dense int32 code of its image id (equal codes =
+    same picture)."""
 
-    img: np.ndarray  # [N, D]
-    cap: np.ndarray  # [M, D]
+    img: Any  # [N, D]; sets: regions [N, R, D]
+    cap: Any  # [M, D]; sets: {"words": [M, L, D], "length": [M]}
     img_code: np.ndarray  # [N]
     cap_code: np.ndarray  # [M]
+    scorer: Any = DotScorer()
 
 
-def prepare(img_emb, cap_emb, cap_to_img, image_ids, h_t: int, h_i: int) -> Inputs:
-    img = np.ascontiguousarray(img_emb, np.float32)
-    cap = np.ascontiguousarray(cap_emb, np.float32)
-    if img.ndim != 2 or cap.ndim != 2 or img.shape[1] != cap.shape[1]:
-        raise ValueError(f"img_emb [N, D] and cap_emb [M, D] with one D; got {img.shape} and "
-                         f"{cap.shape}.")
-    n, m = len(img), len(cap)
+def _contiguous(tree):
+    return jax.tree.map(lambda a: np.ascontiguousarray(
+        a, np.float32 if np.issubdtype(np.asarray(a).dtype, np.floating) else np.int32), tree)
+
+
+def prepare(img_emb, cap_emb, cap_to_img, image_ids, h_t: int, h_i: int,
+            scorer=None) -> Inputs:
+    scorer = DotScorer() if scorer is None else scorer
+    img, cap = _contiguous(img_emb), _contiguous(cap_emb)
+    if isinstance(scorer, DotScorer):
+        if img.ndim != 2 or cap.ndim != 2 or img.shape[1] != cap.shape[1]:
+            raise ValueError(f"img_emb [N, D] and cap_emb [M, D] with one D; got {img.shape} and "
+                             f"{cap.shape}.")
+    else:
+        scorer(take(img, slice(0, 1)), take(cap, slice(0, 1)))  # the scorer checks the shapes
+    n, m = rows(img), rows(cap)
     cap_to_img = np.asarray(cap_to_img)
     if cap_to_img.shape != (m,) or not np.issubdtype(cap_to_img.dtype, np.integer):
         raise ValueError(f"cap_to_img must be an int array [{m}] (one image index per caption); "
@@ -150,8 +163,8 @@ def prepare(img_emb, cap_emb, cap_to_img, image_ids, h_t: int, h_i: int) -> Inpu
     ids = np.arange(n, dtype=np.int64) if image_ids is None else np.asarray(image_ids, np.int64)
     if ids.shape != (n,):
         raise ValueError(f"image_ids must be [{n}] (one id per image); got {ids.shape}.")
-    for name, a in (("img_emb", img), ("cap_emb", cap)):
-        if not np.isfinite(a).all():
+    for name, tree in (("img_emb", img), ("cap_emb", cap)):
+        if not all(np.isfinite(a).all() for a in jax.tree.leaves(tree)):
             raise ValueError(f"{name} has non-finite values: the teacher's embeddings are broken.")
     if max(n, m) >= 2**31 - 1:
         raise ValueError(f"{n} images / {m} captions do not fit the int32 lists.")
@@ -171,7 +184,7 @@ def prepare(img_emb, cap_emb, cap_to_img, image_ids, h_t: int, h_i: int) -> Inpu
             j = int(negatives.argmin())
             raise ValueError(f"{h}={k} exceeds the {int(negatives[j])} negatives of {what} {j} "
                              f"in a split of {n} images and {m} captions; lower {h}.")
-    return Inputs(img, cap, img_code, cap_code)
+    return Inputs(img, cap, img_code, cap_code, scorer)
 
 
 # ----- backends: one step (a block of image rows per device) at a time -------------------------
@@ -196,9 +209,13 @@ def _make_plan(n: int, block_size: int, devices: int) -> _Plan:
     return _Plan(_GROUP * math.ceil(n / (devices * steps) / _GROUP), devices)
 
 
-def _scores(img, caps):
-    """``[B, M]`` float32 scores ``img @ caps.T`` (full float32 precision on every backend)."""
-    return lax.dot_general(img, caps, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
+def _scores(scorer, img, caps):
+    """``[B, M]`` float32 scores: ``img @ caps.T`` (full float32 precision on every backend), or
+    a set model's scorer (attention, itself computed in blocks of pairs)."""
+    if isinstance(scorer, DotScorer):
+        return lax.dot_general(img, caps, (((1,), (1,)), ((), ())),
+                               precision=lax.Precision.HIGHEST)
+    return scorer(img, caps).astype(jnp.float32)
 
 
 def _negatives(s, img_code, img_pad, cap_code):
@@ -215,13 +232,13 @@ def _merge_rows(state_v, state_i, new_v, new_i, k: int):
     return top, jnp.take_along_axis(jnp.concatenate([state_i, new_i], axis=1), pos, axis=1), pos
 
 
-def _device_step(x, code, pad, first, caps, cap_code, state_v, state_i, state_b, *, k_t: int,
-                 h_i: int):
+def _device_step(x, code, pad, first, caps, cap_code, state_v, state_i, state_b, *, scorer,
+                 k_t: int, h_i: int):
     """One device's block of rows ``[block, D]`` and its t2i lists ``[1, M, h_i]``: the top
     ``k_t`` captions of each row, positives included (``k_t`` = h_t + the most captions a picture
     has; the caller drops them), the lists with the block's candidates merged in, the bounds
     ``[1, M]`` (largest dropped score) and ``new [1, M, h_i]``: the entries from this block."""
-    s = _scores(x, caps)  # [block, M]
+    s = _scores(scorer, x, caps)  # [block, M]
     i2t_v, i2t_i = _top_k(s, k_t)
     cand_v, cand_i, bound = _column_candidates(_negatives(s, code, pad, cap_code), first[0])
     top, index, pos = _merge_rows(state_v[0], state_i[0], cand_v.T, cand_i.T, h_i)
@@ -229,13 +246,15 @@ def _device_step(x, code, pad, first, caps, cap_code, state_v, state_i, state_b,
             (pos >= h_i)[None])
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "k_t", "h_i"), donate_argnums=(6, 7, 8))
-def _step(x, code, pad, first, caps, cap_code, state_v, state_i, state_b, *, mesh: Mesh,
+@functools.partial(jax.jit, static_argnames=("mesh", "scorer", "k_t", "h_i"),
+                   donate_argnums=(6, 7, 8))
+def _step(x, code, pad, first, caps, cap_code, state_v, state_i, state_b, *, mesh: Mesh, scorer,
           k_t: int, h_i: int):
     """A step: a block of rows per device of ``mesh`` (``[devices * block, D]``), each merged into
     that device's own t2i lists (``[devices, M, h_i]``, sharded over devices): no communication."""
     rows, repl = P("data"), P()
-    return jax.shard_map(functools.partial(_device_step, k_t=k_t, h_i=h_i), mesh=mesh,
+    return jax.shard_map(functools.partial(_device_step, scorer=scorer, k_t=k_t, h_i=h_i),
+                         mesh=mesh,
                          in_specs=(rows,) * 4 + (repl,) * 2 + (rows,) * 3, out_specs=(rows,) * 6,
                          )(x, code, pad, first, caps, cap_code, state_v, state_i, state_b)
 
@@ -253,7 +272,7 @@ class _JaxMiner:
         # Rows are mined with their positives, dropped afterwards: a picture has at most
         # `positives` captions.
         self.k_t = h_t + int(np.bincount(x.cap_code).max(initial=0))
-        self.set_state(*empty_state(plan.devices, len(x.cap), h_i))
+        self.set_state(*empty_state(plan.devices, len(x.cap_code), h_i))
 
     def step(self, starts: np.ndarray, rows: np.ndarray):
         """Mines a block of image rows from each of ``starts [devices]`` (``rows``: the images,
@@ -262,14 +281,14 @@ class _JaxMiner:
         ``[devices, M, h_i]`` bool array, left on the device)."""
         block = self.plan.block
         at = (starts[:, None] + np.arange(block)).ravel()
-        real = at < len(self.x.img)
-        take = np.where(real, at, 0)
+        real = at < len(self.x.img_code)
+        at_real = np.where(real, at, 0)
         args = [jax.device_put(a, self.rows) for a in (
-            self.x.img[take], np.where(real, self.x.img_code[take], -1), ~real,
+            take(self.x.img, at_real), np.where(real, self.x.img_code[at_real], -1), ~real,
             starts.astype(np.int32))]
         i2t_v, i2t_i, *self.state, new = _step(
-            *args, self.caps, self.cap_code, *self.state, mesh=self.mesh, k_t=self.k_t,
-            h_i=self.h_i)
+            *args, self.caps, self.cap_code, *self.state, mesh=self.mesh, scorer=self.x.scorer,
+            k_t=self.k_t, h_i=self.h_i)
         values, index = np.asarray(i2t_v)[real], np.asarray(i2t_i)[real]
         code = self.x.img_code[rows]
         i2t = _first_kept(values, index, self.x.cap_code[index] != code[:, None], self.h_t)
@@ -287,20 +306,21 @@ def _bucket(n: int) -> int:
     return max(8, 1 << (n - 1).bit_length())  # padded sizes: few distinct shapes to compile
 
 
-@functools.partial(jax.jit, static_argnames=("k", "block"))
-def _exact_columns_fn(img, img_code, img_pad, caps, cap_code, *, k: int, block: int):
+@functools.partial(jax.jit, static_argnames=("scorer", "k", "block"))
+def _exact_columns_fn(img, img_code, img_pad, caps, cap_code, *, scorer, k: int, block: int):
     """t2i lists ``[F, k]`` of the captions ``caps [F, D]`` over all images ``img [N, D]``
     (blocks of ``block`` rows, each merged whole with ``top_k``)."""
 
     def step(state, args):
         xb, cb, pb, start = args
-        s = _negatives(_scores(xb, caps), cb, pb, cap_code)
+        s = _negatives(_scores(scorer, xb, caps), cb, pb, cap_code)
         rows = start + lax.broadcasted_iota(jnp.int32, s.T.shape, 1)
         return _merge_rows(*state, s.T, rows, k)[:2], None
 
-    f, blocks = caps.shape[0], img.shape[0] // block
+    f, blocks = rows(caps), rows(img) // block
     init = (jnp.full((f, k), -jnp.inf, jnp.float32), jnp.zeros((f, k), jnp.int32))
-    return lax.scan(step, init, (img.reshape(blocks, block, -1), img_code.reshape(blocks, block),
+    in_blocks = jax.tree.map(lambda a: a.reshape(blocks, block, *a.shape[1:]), img)
+    return lax.scan(step, init, (in_blocks, img_code.reshape(blocks, block),
                                  img_pad.reshape(blocks, block),
                                  block * jnp.arange(blocks, dtype=jnp.int32)))[0]
 
@@ -311,13 +331,15 @@ def _finish_t2i(x: Inputs, values: np.ndarray, index: np.ndarray, bound: np.ndar
     are recomputed over every image; ties ordered by image index."""
     redo = np.flatnonzero(~(bound < values[:, -1]))
     if len(redo):
-        f, n = _bucket(len(redo)), len(x.img)
+        f, n = _bucket(len(redo)), len(x.img_code)
         n_pad = -(-n // block) * block
-        caps = np.pad(x.cap[redo], ((0, f - len(redo)), (0, 0)))
+        # Padding rows repeat the first one (a valid set, e.g. a caption of length >= 1).
+        caps = take(x.cap, np.pad(redo, (0, f - len(redo)), mode="edge"))
         codes = np.pad(x.cap_code[redo], (0, f - len(redo)), constant_values=-1)
-        v, i = _exact_columns_fn(np.pad(x.img, ((0, n_pad - n), (0, 0))),
-                                 np.pad(x.img_code, (0, n_pad - n), constant_values=-1),
-                                 np.arange(n_pad) >= n, caps, codes, k=k, block=block)
+        img = take(x.img, np.minimum(np.arange(n_pad), n - 1))
+        v, i = _exact_columns_fn(img, np.pad(x.img_code, (0, n_pad - n), constant_values=-1),
+                                 np.arange(n_pad) >= n, caps, codes, scorer=x.scorer, k=k,
+                                 block=block)
         values, index = values.copy(), index.copy()
         values[redo], index[redo] = np.asarray(v)[:len(redo)], np.asarray(i)[:len(redo)]
     return _canonical(values, index)
@@ -378,6 +400,9 @@ class _FaissMiner:
     drops the positives."""
 
     def __init__(self, x: Inputs, h_t: int, h_i: int):
+        if not isinstance(x.scorer, DotScorer):
+            raise ValueError("backend='faiss' searches dot products; a set model's attention "
+                             "scores are mined with backend='jax'.")
         try:
             import faiss
         except ImportError:
@@ -429,7 +454,7 @@ class Miner:
         if backend not in BACKENDS:
             raise ValueError(f"Unknown backend={backend!r}; valid: {', '.join(BACKENDS)}.")
         devices = list(devices) if devices is not None else jax.local_devices()
-        n = len(x.img)
+        n = len(x.img_code)
         self.x, self.h_t, self.h_i, self.backend = x, h_t, h_i, backend
         self.plan = _make_plan(n, block_size, len(devices) if backend == "jax" else 1)
         self.steps = math.ceil(n / self.plan.rows)
@@ -450,7 +475,7 @@ class Miner:
 
     def rows(self, starts: np.ndarray) -> np.ndarray:
         """The images of the blocks starting at ``starts``, in order."""
-        n = len(self.x.img)
+        n = len(self.x.img_code)
         return np.concatenate([np.zeros(0, np.intp)] + [
             np.arange(min(s, n), min(s + self.plan.block, n)) for s in starts])
 
@@ -489,7 +514,7 @@ def _progress_bar(total: int, enabled: bool):
 
 
 def mine_arrays(img_emb, cap_emb, cap_to_img, *, image_ids=None, h_t: int = 300, h_i: int = 60,
-                backend: str = "jax", block_size: int = 512, devices=None,
+                backend: str = "jax", block_size: int = 512, devices=None, scorer=None,
                 progress: bool = False) -> Mined:
     """The mined lists of embeddings, in memory (one process; ``itm_jax.aoq.job.mine`` writes
     resumable files).
@@ -507,12 +532,16 @@ def mine_arrays(img_emb, cap_emb, cap_to_img, *, image_ids=None, h_t: int = 300,
         ``[block_size, M]`` float32 scores at a time (on CPU, 512 keeps the passes over a block
         in cache better than larger blocks).
       devices: the devices of the ``data`` mesh axis (default: this process's devices).
+      scorer: how pairs score (``itm_jax.scoring``): ``None``, the dot product of the
+        embeddings; a set model's ``AttentionScorer``, with ``img_emb`` / ``cap_emb`` its sets
+        (regions ``[N, R, D]``, ``{"words": [M, L, D], "length": [M]}``). Attention costs
+        ``O(R L D)`` per pair instead of ``O(D)`` (measured in the README).
       progress: show a tqdm bar over the blocks.
 
     Returns:
       ``Mined(i2t [N, h_t], t2i [M, h_i], i2t_scores, t2i_scores)``.
     """
-    x = prepare(img_emb, cap_emb, cap_to_img, image_ids, h_t, h_i)
+    x = prepare(img_emb, cap_emb, cap_to_img, image_ids, h_t, h_i, scorer)
     miner = Miner(x, h_t=h_t, h_i=h_i, backend=backend, block_size=block_size, devices=devices)
     parts = []
     miner.run(range(miner.steps), done=lambda c, v, i, new: parts.append((v, i)),

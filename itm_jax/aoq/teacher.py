@@ -1,7 +1,9 @@
 """``mine_run``: embed a training split with a trained (round-1) run and mine its lists.
 
 The teacher is a run directory: its vocabulary, its best checkpoint (``best/``) or else its
-latest (``checkpoints/``), built from the given config (the teacher's model config). The
+latest (``checkpoints/``), built from the given config (the teacher's model config). A set model
+(SCAN, BFAN) mines with its attention scores: every training pair is scored by attention, far
+more work than a dot product (measured in the README). The
 embeddings are cached in ``out/work/`` until the job finishes, so a resumed job mines the very
 same arrays; the job itself (``itm_jax.aoq.job.mine``) resumes from its saved steps.
 """
@@ -37,21 +39,28 @@ def teacher_weights(exp: Experiment):
                           "step": info["step"], "checkpoint": info["checkpoint"]}
 
 
+def _load_tree(path: pathlib.Path):
+    with np.load(path, allow_pickle=False) as f:
+        return f["x"] if f.files == ["x"] else {k: f[k] for k in f.files}
+
+
 def train_embeddings(exp: Experiment, params, rest, cache: pathlib.Path, key: dict[str, Any]):
-    """``[N, D]`` / ``[M, D]`` embeddings of the training split, cached in ``cache`` for this
-    ``key`` (teacher checkpoint and config), so a resumed job mines the very same arrays."""
-    files = {"key": cache / "embeddings.json", "img": cache / "images.npy",
-             "cap": cache / "captions.npy"}
+    """``[N, D]`` / ``[M, D]`` embeddings (a set model's sets) of the training split, cached in
+    ``cache`` for this ``key`` (teacher checkpoint and config), so a resumed job mines the very
+    same arrays."""
+    files = {"key": cache / "embeddings.json", "img": cache / "images.npz",
+             "cap": cache / "captions.npz"}
     try:
         if json.loads(files["key"].read_text()) == key:
-            return np.load(files["img"]), np.load(files["cap"])
-    except (OSError, ValueError):
+            return _load_tree(files["img"]), _load_tree(files["cap"])
+    except (OSError, ValueError, KeyError):
         pass
     img, cap = embed_split(exp, params, rest, "train")
     if jax.process_index() == 0:
         cache.mkdir(parents=True, exist_ok=True)
-        for name, a in (("img", img), ("cap", cap)):
-            atomic_write(files[name], lambda f, a=a: np.save(f, a, allow_pickle=False))
+        for name, tree in (("img", img), ("cap", cap)):
+            arrays = tree if isinstance(tree, dict) else {"x": tree}
+            atomic_write(files[name], lambda f, a=arrays: np.savez(f, **a))
         atomic_write(files["key"], lambda f: f.write(json.dumps(key).encode()))
     return img, cap
 
@@ -73,12 +82,6 @@ def mine_run(config, workdir, checkpoint=None, *, h_t: int | None = None, h_i: i
     h_t = h_t or aoq.get("h_t", 300)
     h_i = h_i or aoq.get("h_i", 60)
     exp = Experiment(config, teacher)
-    if exp.scorer is not None:
-        raise RunError(
-            f"itm-mine ranks with a global-embedding teacher (VSRN, VSE++); {teacher} is a "
-            f"{config.model.scorer.upper()} run, whose attention score of every training pair is "
-            "not supported (the AOQ paper mines with VSRN for SCAN and BFAN too): pass "
-            "--checkpoint=<a VSRN run> with its config.")
     params, rest, info = teacher_weights(exp)
     source = exp.sources["train"]
     meta = {"teacher": info, "config_sha256": config_sha256(config),
@@ -90,7 +93,8 @@ def mine_run(config, workdir, checkpoint=None, *, h_t: int | None = None, h_i: i
     img, cap = train_embeddings(exp, params, rest, out / "work", {
         "checkpoint": info["checkpoint"], "config_sha256": meta["config_sha256"]})
     manifest = job.mine(img, cap, source, out, h_t=h_t, h_i=h_i, backend=backend,
-                        block_size=block_size, metadata=meta, progress=progress)
+                        block_size=block_size, scorer=exp.scorer, metadata=meta,
+                        progress=progress)
     print(f"{out}: i2t {manifest['files']['i2t']['shape']}, t2i "
           f"{manifest['files']['t2i']['shape']} from {info['checkpoint']}")
     return out
