@@ -35,7 +35,7 @@ LOSSES = {
     # AOQ Table 3's other round-2 objectives: offline triplet (Eq. 3), quintuplet (Eq. 3 + 4).
     "offtri": [("aoq_loss", dict(variant="offtri", margin_online=0.2, margin_offline=0.0))],
     "offquin": [("aoq_loss", dict(variant="offquin", margin_online=0.2, margin_offline=0.0))],
-    # Round 2's pipeline (offline negatives drawn and scored) with the offline terms weighted 0:
+    # Round 2's pipeline (every pair draws its offline negatives) with the AOQ term weighted 0:
     # the objective is MH, so it must train exactly as `mh` does (a check of the pipeline).
     "aoq_zero": [("max_of_hinges", dict(margin=0.2)),
                  ("aoq_loss", dict(weight=0.0, variant="offquin", margin_online=0.2,

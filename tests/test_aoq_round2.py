@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -70,6 +71,22 @@ def test_round2_trains_on_the_mined_negatives(round1, tmp_path):
     assert int(state.step) == 12
     rows = [r for r in read_metrics(tmp_path) if "loss/aoq_loss" in r]
     assert rows and all(np.isfinite(r["loss/aoq_loss"]) for r in rows)
+
+
+def test_round2_with_offline_terms_weighted_zero_trains_exactly_as_round1(round1, tmp_path):
+    """``loss=aoq_zero``: round 2's pipeline with the AOQ term weighted 0 (a stage leaves a
+    weight-0 loss out) is MH: every batch draws its offline items, and that must disturb
+    neither the batches nor their order: the same weights as round 1, bit for bit."""
+    config, round1_dir, mining_dir = round1
+    c = load_config("default.py", "loss=aoq_zero,smoke")
+    c.aoq.mining_dir = str(mining_dir)
+    exp = Experiment(c, tmp_path)
+    assert "t_off_tokens" in next(iter(exp.loader()))  # the offline items are drawn
+    loop.train(exp)
+    ours, mh = (Experiment(cfg, d).weights("latest")[0]
+                for cfg, d in ((c, tmp_path), (config, round1_dir)))
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(mh), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_offline_variants_need_mined_lists_and_matching_ones(round1, tmp_path):
