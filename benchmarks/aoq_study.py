@@ -14,6 +14,7 @@ Arms (``--epochs`` E, 6 by default, the demo's 12-epoch budget halved to fit two
                 and 29k images -> 40 / 8 of 20k and 4k)
     finetune    adaptive, initialised from round 1 (no warm-up, learning rate 2e-4): Table 3's
                 fine-tuning against retraining
+    finetune_mh its control: MH fine-tuned the same way (the same extra epochs, no offline terms)
     mh_2x       round 1 at 2E epochs                 adaptive_2x   round 2 at 2E from mh_2x
     teacher_2x  round 2 at E epochs mined by mh_2x (a stronger teacher)
     vsrn        round 1 on VSRN (model=vsrn)         vsrn_adaptive round 2 on VSRN from vsrn
@@ -92,7 +93,9 @@ class Lane:
                   "offtri": ("loss=offtri",), "offquin": ("loss=offquin",),
                   "h_scaled": ("loss=aoq", "--config.aoq.h_t=40", "--config.aoq.h_i=8"),
                   "finetune": ("loss=aoq,no_warmup", "--config.optim.learning_rate=2e-4",
-                               f"--config.init_from={self.workdir / f'mh-seed{self.seed}'}")}
+                               f"--config.init_from={self.workdir / f'mh-seed{self.seed}'}"),
+                  "finetune_mh": ("loss=mh,no_warmup", "--config.optim.learning_rate=2e-4",
+                                  f"--config.init_from={self.workdir / f'mh-seed{self.seed}'}")}
         for arm, (preset, *extra) in round2.items():
             if arm in arms:
                 out.append(self.train(arm, preset, mined, *extra))
@@ -111,8 +114,8 @@ class Lane:
         return out
 
 
-ARMS = ("aoq_zero", "adaptive", "offtri", "offquin", "h_scaled", "finetune", "teacher_2x",
-        "adaptive_2x", "vsrn_adaptive")
+ARMS = ("aoq_zero", "adaptive", "offtri", "offquin", "h_scaled", "finetune", "finetune_mh",
+        "teacher_2x", "adaptive_2x", "vsrn_adaptive")
 BASE = {"mh_2x": None, "vsrn": None, "adaptive_2x": "mh_2x", "vsrn_adaptive": "vsrn"}
 
 
