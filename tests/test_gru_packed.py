@@ -72,9 +72,20 @@ def batch(lengths, seq, seed):
         (np.random.default_rng(2).integers(1, 8, 200), 8, 1),  # > 16 blocks: 16-row blocks
     ],
 )
-@pytest.mark.parametrize("torch_cell", [False, True])
-def test_packed_gru_matches_scan(lengths, seq, num_layers, torch_cell):
-    """Flax's cell and PyTorch's (recurrent biases, whose gradients are checked too)."""
+def test_packed_gru_matches_scan(lengths, seq, num_layers):
+    check_packed_against_scan(lengths, seq, num_layers, torch_cell=False)
+
+
+@pytest.mark.parametrize("lengths, seq, num_layers", [
+    ([7, 3, 1, 5, 2], 7, 1),
+    (np.random.default_rng(0).integers(1, 10, 37), 9, 2),
+])
+def test_packed_gru_matches_scan_with_pytorch_cells(lengths, seq, num_layers):
+    """PyTorch's cell (VSRN's caption encoder): the recurrent biases and their gradients."""
+    check_packed_against_scan(lengths, seq, num_layers, torch_cell=True)
+
+
+def check_packed_against_scan(lengths, seq, num_layers, *, torch_cell):
     tokens, lengths, w = batch(lengths, seq, len(lengths))
     scan, packed = (encoder(impl, num_layers, torch_cell) for impl in ("scan", "packed"))
     assert (scan.packed, packed.packed) == (False, True)
