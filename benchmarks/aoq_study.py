@@ -16,6 +16,7 @@ Arms (``--epochs`` E, 6 by default, the demo's 12-epoch budget halved to fit two
                 fine-tuning against retraining
     finetune_mh its control: MH fine-tuned the same way (the same extra epochs, no offline terms)
     mh_2x       round 1 at 2E epochs                 adaptive_2x   round 2 at 2E from mh_2x
+    h_scaled_2x h_scaled at 2E epochs from mh_2x
     teacher_2x  round 2 at E epochs mined by mh_2x (a stronger teacher)
     vsrn        round 1 on VSRN (model=vsrn)         vsrn_adaptive round 2 on VSRN from vsrn
 
@@ -99,7 +100,7 @@ class Lane:
         for arm, (preset, *extra) in round2.items():
             if arm in arms:
                 out.append(self.train(arm, preset, mined, *extra))
-        if arms & {"adaptive_2x", "teacher_2x"}:
+        if arms & {"adaptive_2x", "teacher_2x", "h_scaled_2x"}:
             out.append(self.train("mh_2x", "loss=mh", epochs=2 * self.epochs))
             mined_2x = self.mine("mh_2x", "loss=mh", epochs=2 * self.epochs)
             if "teacher_2x" in arms:
@@ -107,6 +108,9 @@ class Lane:
             if "adaptive_2x" in arms:
                 out.append(self.train("adaptive_2x", "loss=aoq", mined_2x,
                                       epochs=2 * self.epochs))
+            if "h_scaled_2x" in arms:
+                out.append(self.train("h_scaled_2x", "loss=aoq", mined_2x, "--config.aoq.h_t=40",
+                                      "--config.aoq.h_i=8", epochs=2 * self.epochs))
         if "vsrn_adaptive" in arms:
             out.append(self.train("vsrn", "loss=mh,model=vsrn"))
             out.append(self.train("vsrn_adaptive", "loss=aoq,model=vsrn",
@@ -115,8 +119,9 @@ class Lane:
 
 
 ARMS = ("aoq_zero", "adaptive", "offtri", "offquin", "h_scaled", "finetune", "finetune_mh",
-        "teacher_2x", "adaptive_2x", "vsrn_adaptive")
-BASE = {"mh_2x": None, "vsrn": None, "adaptive_2x": "mh_2x", "vsrn_adaptive": "vsrn"}
+        "teacher_2x", "adaptive_2x", "h_scaled_2x", "vsrn_adaptive")
+BASE = {"mh_2x": None, "vsrn": None, "adaptive_2x": "mh_2x", "h_scaled_2x": "mh_2x",
+        "vsrn_adaptive": "vsrn"}
 
 
 def table(results: list[dict]) -> str:
