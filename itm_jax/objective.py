@@ -57,7 +57,10 @@ class BatchExtra(Protocol):
 
     The data pipeline adds ``keys`` to every training example (``random_map``), the train step
     passes them to the model, and ``outputs`` (traced inside the step) turns them into outputs
-    the family's losses read. The trainer only sees this interface.
+    the family's losses read. Extra images and captions (``rows``) are embedded in the same
+    forward pass as the batch's own, so that a model with train-mode BatchNorm (VSRN)
+    normalises them all with one set of batch statistics and updates its running statistics
+    once per step. The trainer only sees this interface.
     """
 
     keys: tuple[str, ...]
@@ -65,9 +68,14 @@ class BatchExtra(Protocol):
     def random_map(self, tokenize, transform) -> Any:
         """A ``grain.transforms.RandomMap`` adding ``keys`` to a training example."""
 
-    def outputs(self, model, batch: Mapping[str, jax.Array],
-                out: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        """Extra model outputs from the batch's extra items (``out``: the outputs so far)."""
+    def rows(self, batch: Mapping[str, jax.Array]) -> tuple[dict, dict]:
+        """The extra images and captions to embed, ``({"image" | "image_feat": [E, ...]},
+        {"tokens": [F, L], "length": [F]})``, fields named as the batch's."""
+
+    def outputs(self, model, batch: Mapping[str, jax.Array], out: Mapping[str, jax.Array],
+                images, captions) -> dict[str, jax.Array]:
+        """Extra model outputs from the batch's extra items (``out``: the outputs so far;
+        ``images``, ``captions``: the embedded ``rows``, as the model embeds the batch's)."""
 
 
 def batch_extras(config, train_source) -> list[BatchExtra]:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from itm_jax.aoq import extra, job
-from itm_jax.aoq.scores import offline_scores
 from itm_jax.data.pipeline import train_loader
 from itm_jax.data.synthetic import synthetic_splits
 from itm_jax.errors import ConfigError
@@ -55,17 +54,9 @@ def test_offline_items_reach_the_batches(tmp_path):
          for t in i2t[batch["image_index"], batch["offline_rank"]]])
 
 
-class _Model:
-    """Embeds an image as its feature and a caption as its tokens (as floats)."""
-
-    def embed_images(self, batch):
-        return batch["image_feat"]
-
-    def embed_captions(self, batch):
-        return batch["tokens"].astype(jnp.float32)
-
-
 def test_outputs_are_the_offline_scores():
+    """``rows`` gives ``[i_off; i_tilde]`` and ``[t_off; t_tilde]``; ``outputs`` scores the
+    embedded rows (here: features as they are, tokens as floats) against the batch pairs."""
     rng = np.random.default_rng(1)
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
     b, d = 3, 4
@@ -75,11 +66,16 @@ def test_outputs_are_the_offline_scores():
                   for r in ("t_off", "t_tilde")})
     batch.update({f"{r}_length": np.full(b, d, np.int32) for r in ("t_off", "t_tilde")})
     out = {"img_emb": unit(rng.standard_normal((b, d))), "txt_emb": unit(rng.standard_normal((b, d)))}
-    got = jax.jit(lambda batch, out: extra.OfflineNegatives(None, None).outputs(
-        _Model(), batch, out))(batch, out)
-    assert got.keys() == offline_scores(_Model(), batch, out["img_emb"], out["txt_emb"]).keys()
+    negatives = extra.OfflineNegatives(None, None)
+    images, captions = negatives.rows(batch)
+    np.testing.assert_array_equal(images["image_feat"], np.concatenate(
+        [batch["i_off_image_feat"], batch["i_tilde_image_feat"]]))
+    np.testing.assert_array_equal(captions["length"], np.full(2 * b, d))
+    got = jax.jit(lambda out, i, c: negatives.outputs(None, batch, out, i, c))(
+        out, images["image_feat"], captions["tokens"].astype(jnp.float32))
     i_off, i_tilde = unit(batch["i_off_image_feat"]), unit(batch["i_tilde_image_feat"])
     t_off, t_tilde = unit(batch["t_off_tokens"] * 1.0), unit(batch["t_tilde_tokens"] * 1.0)
+    assert set(got) == {"s_i_toff", "s_ioff_t", "s_ioff_toff", "s_itilde_ttilde"}
     for key, a, c in (("s_i_toff", out["img_emb"], t_off), ("s_ioff_t", i_off, out["txt_emb"]),
                       ("s_ioff_toff", i_off, t_off), ("s_itilde_ttilde", i_tilde, t_tilde)):
         np.testing.assert_allclose(got[key], np.sum(a * c, -1), rtol=1e-5, err_msg=key)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -115,3 +116,40 @@ def test_itm_mine_command_mines_the_same_lists_and_resumes_finished_jobs(round1,
         assert proc.returncode == 0 and expected in proc.stdout, proc.stderr[-2000:]
     for name in ("i2t.npy", "t2i.npy", "i2t_scores.npy", "t2i_scores.npy"):
         assert (tmp_path / "mining" / name).read_bytes() == (mining_dir / name).read_bytes()
+
+
+def test_vsrn_embeds_the_offline_items_in_the_batch_forward_pass():
+    """A model with BatchNorm (VSRN) normalises the batch and its offline items with one set of
+    batch statistics, and its running statistics move once per step: as one forward pass of all
+    the rows. (Embedded apart, the offline images got their own statistics and a second
+    update, and VSRN's round 2 collapsed on the built-in data.)"""
+    from flax import nnx
+
+    from itm_jax.models.batch import with_rows
+    from itm_jax.models.dual_encoder import build_dual_encoder
+
+    c = load_config("default.py", "loss=aoq,model=vsrn,smoke")
+    model = build_dual_encoder(c.model, vocab_size=20, image_dim=12, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    b, r = 4, 4
+
+    def items(n):
+        lengths = rng.integers(2, 6, n).astype(np.int32)
+        return ({"image_feat": rng.standard_normal((n, r, 12)).astype(np.float32)},
+                {"tokens": rng.integers(1, 20, (n, 6)).astype(np.int32), "length": lengths})
+
+    (images, captions), (extra_images, extra_captions) = items(b), items(2 * b)
+    batch = {**images, **captions}
+    for block in model.image_encoder.gcn:  # trained BatchNorm: the statistics matter
+        block.bn.scale[...] = jnp.ones_like(block.bn.scale[...])
+    model.train()
+    alone = nnx.clone(model)
+    every_row = alone.embed_images(with_rows(batch, extra_images))  # one pass, one update
+    out = model(batch, extra_images=extra_images, extra_captions=extra_captions)
+    np.testing.assert_allclose(out["img_feat"], every_row[:b], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["extra_images"], every_row[b:], rtol=1e-5, atol=1e-6)
+    for ours, ref in zip(jax.tree.leaves(nnx.state(model, nnx.BatchStat)),
+                         jax.tree.leaves(nnx.state(alone, nnx.BatchStat)), strict=True):
+        np.testing.assert_allclose(ours, ref, rtol=1e-6)
+    batch_only = nnx.clone(alone).embed_images(batch)  # the batch's own statistics differ
+    assert np.abs(np.asarray(batch_only - every_row[:b])).max() > 1e-3

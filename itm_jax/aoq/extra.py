@@ -9,7 +9,7 @@ import grain
 import jax
 
 from itm_jax.aoq.sampler import OfflineItems, OfflineSampler
-from itm_jax.aoq.scores import offline_scores
+from itm_jax.aoq.scores import offline_rows, offline_scores
 from itm_jax.aoq.store import load_mined
 from itm_jax.data.pipeline import Tokenize
 from itm_jax.data.source import CaptionedSource
@@ -35,14 +35,19 @@ class OfflineNegatives:
         transform, None for precomputed features)."""
         return OfflineItems(self.source, self.sampler, tokenize, transform)
 
-    def outputs(self, model, batch: Mapping[str, jax.Array], out: Mapping[str, jax.Array]
-                ) -> dict[str, jax.Array]:
+    def rows(self, batch: Mapping[str, jax.Array]) -> tuple[dict, dict]:
+        """The offline images and captions, embedded with the batch's (``offline_rows``)."""
+        return offline_rows(batch)
+
+    def outputs(self, model, batch: Mapping[str, jax.Array], out: Mapping[str, jax.Array],
+                images, captions) -> dict[str, jax.Array]:
         """Inside the traced train step: the offline score vectors ``[B]`` of the batch pairs
         (``out``: the model outputs, with ``img_emb`` / ``txt_emb [B, D]`` or a set model's
-        ``img_set`` / ``txt_set``)."""
+        ``img_set`` / ``txt_set``; ``images``, ``captions``: the embedded offline items)."""
+        scorer = getattr(model, "scorer", None)
         if "img_set" in out:
-            return offline_scores(model, batch, out["img_set"], out["txt_set"])
-        return offline_scores(model, batch, out["img_emb"], out["txt_emb"])
+            return offline_scores(scorer, out["img_set"], out["txt_set"], images, captions)
+        return offline_scores(scorer, out["img_emb"], out["txt_emb"], images, captions)
 
 
 def from_config(config, train_source: CaptionedSource) -> OfflineNegatives | None:

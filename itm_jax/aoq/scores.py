@@ -11,25 +11,28 @@ from itm_jax import scoring
 from itm_jax.similarity import l2_normalize
 
 
-def offline_scores(model, batch: Mapping[str, jax.Array], img, txt) -> dict[str, jax.Array]:
-    """AOQ's offline score vectors ``[B]`` (scored as the batch scores are), the inputs of
-    ``itm_jax.losses.aoq.aoq_loss``: ``s_i_toff``, ``s_ioff_t``, ``s_ioff_toff``,
-    ``s_itilde_ttilde``.
-
-    ``model``: the ``DualEncoder`` (cosines of the normalised embeddings) or a model with a
-    ``scorer`` (``itm_jax.scoring``: its ``pairs``, e.g. SCAN's attention score of each pair's
-    regions and words); ``img, txt``: the batch pairs' ``(i_k, t_k)`` normalised embeddings
-    ``[B, D]`` or sets; ``batch``: the offline items' ``{role}_{field}`` fields
-    (``itm_jax.aoq.sampler.OfflineItems``). The offline items are embedded by the same model in
-    two calls of ``2B`` rows.
-    """
+def offline_rows(batch: Mapping[str, jax.Array]) -> tuple[dict, dict]:
+    """The offline items' images ``[i_off; i_tilde]`` and captions ``[t_off; t_tilde]``
+    (``2B`` rows each, fields named as the batch's), for the model to embed with the batch."""
     def rows(roles, keys):
         return {k: jnp.concatenate([batch[f"{r}_{k}"] for r in roles])
                 for k in keys if f"{roles[0]}_{k}" in batch}
 
-    scorer = getattr(model, "scorer", None)
-    imgs = model.embed_images(rows(("i_off", "i_tilde"), ("image", "image_feat")))
-    caps = model.embed_captions(rows(("t_off", "t_tilde"), ("tokens", "length")))
+    return (rows(("i_off", "i_tilde"), ("image", "image_feat")),
+            rows(("t_off", "t_tilde"), ("tokens", "length")))
+
+
+def offline_scores(scorer, img, txt, imgs, caps) -> dict[str, jax.Array]:
+    """AOQ's offline score vectors ``[B]`` (scored as the batch scores are), the inputs of
+    ``itm_jax.losses.aoq.aoq_loss``: ``s_i_toff``, ``s_ioff_t``, ``s_ioff_toff``,
+    ``s_itilde_ttilde``.
+
+    ``scorer``: the model's (``itm_jax.scoring``; None: cosines of the features, which are
+    normalised here); ``img, txt``: the batch pairs' ``(i_k, t_k)`` normalised embeddings
+    ``[B, D]`` or sets; ``imgs``, ``caps``: the embedded ``offline_rows``, ``[i_off; i_tilde]``
+    and ``[t_off; t_tilde]`` (``2B`` rows, features or sets), embedded in the batch's forward
+    pass (``itm_jax.training.step.model_outputs``).
+    """
     if scorer is None:
         scorer, imgs, caps = scoring.DotScorer(), l2_normalize(imgs), l2_normalize(caps)
     b = scoring.rows(img)

@@ -33,6 +33,7 @@ from itm_jax.models.text import (
     GRUTextEncoder,
     TextCNN,
 )
+from itm_jax.models.batch import shares_batch_statistics, with_rows
 from itm_jax.models.set_encoder import build_set_encoder
 from itm_jax.models.vsrn import CaptionGenerator, VSRNImageEncoder, caption_targets
 from itm_jax.similarity import l2_normalize
@@ -86,8 +87,7 @@ class DualEncoder(nnx.Module):
 
     def _image(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array | None]:
         """The image outputs and, for VSRN's encoder, its refined regions ``[B, N, E]``."""
-        x = batch["image_feat"] if "image_feat" in batch else batch["image"]
-        x = self.image_encoder(x)
+        x = self.image_encoder(batch["image_feat"] if "image_feat" in batch else batch["image"])
         x, regions = x if isinstance(self.image_encoder, VSRNImageEncoder) else (x, None)
         x = self.img_head(x) if self.img_head is not None else x
         return (l2_normalize(x) if self.normalize else x), regions
@@ -98,9 +98,23 @@ class DualEncoder(nnx.Module):
         x = self.txt_head(x) if self.txt_head is not None else x
         return l2_normalize(x) if self.normalize else x
 
-    def __call__(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        img_feat, regions = self._image(batch)
-        out = {"img_feat": img_feat, "txt_feat": self.embed_captions(batch)}
+    def __call__(self, batch: Mapping[str, jax.Array], *, extra_images=None,
+                 extra_captions=None) -> dict[str, jax.Array]:
+        """The outputs of ``batch``'s pairs and the embeddings of ``extra_images`` /
+        ``extra_captions`` (fields named as the batch's) as ``extra_images`` / ``extra_captions``
+        ``[E, D]``: in the batch's forward pass when the model has BatchNorm
+        (``shares_batch_statistics``: VSRN), else on their own."""
+        b = batch["tokens"].shape[0]
+        joint = shares_batch_statistics(self)
+        rows = with_rows(batch, extra_images, extra_captions) if joint else batch
+        img_feat, regions = self._image(rows)
+        txt_feat = self.embed_captions(rows)
+        out = {"img_feat": img_feat[:b], "txt_feat": txt_feat[:b]}
+        if extra_images is not None:
+            out["extra_images"] = img_feat[b:] if joint else self.embed_images(extra_images)
+        if extra_captions is not None:
+            out["extra_captions"] = txt_feat[b:] if joint else self.embed_captions(extra_captions)
+        regions = None if regions is None else regions[:b]
         if self.caption_generator is not None:
             inputs, targets, mask = caption_targets(batch["tokens"], batch["length"])
             out.update(caption_log_probs=self.caption_generator(regions, inputs),

@@ -41,8 +41,16 @@ class SetEncoder(nnx.Module):
         words, length = self.text_encoder(batch["tokens"], batch["length"])
         return {"words": words, "length": length}
 
-    def __call__(self, batch: Mapping[str, jax.Array]) -> dict:
-        return {"img_set": self.embed_images(batch), "txt_set": self.embed_captions(batch)}
+    def __call__(self, batch: Mapping[str, jax.Array], *, extra_images=None,
+                 extra_captions=None) -> dict:
+        """``img_set``, ``txt_set`` of ``batch``'s pairs, and the sets of ``extra_images`` /
+        ``extra_captions`` (each region and word is encoded on its own: no batch statistics)."""
+        out = {"img_set": self.embed_images(batch), "txt_set": self.embed_captions(batch)}
+        if extra_images is not None:
+            out["extra_images"] = self.embed_images(extra_images)
+        if extra_captions is not None:
+            out["extra_captions"] = self.embed_captions(extra_captions)
+        return out
 
 
 SCORERS = ("scan", "bfan")

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from itm_jax import scoring
 from itm_jax.objective import BatchExtra, objective, outputs_from_features, outputs_from_sets
 
 
@@ -33,18 +34,34 @@ def model_outputs(model, batch: Mapping[str, jax.Array], *, use_id_positives: bo
     outputs of the loss families' batch extras (``itm_jax.objective.batch_extras``).
 
     A model with a ``scorer`` outputs sets (``img_set``, ``txt_set``) that it scores itself;
-    otherwise the scores are the cosines of its features.
+    otherwise the scores are the cosines of its features. The extras' images and captions are
+    embedded in the batch's forward pass (``BatchExtra.rows``).
     """
-    out = model(batch)
+    rows = [extra.rows(batch) for extra in extras]
+    out = model(batch, extra_images=_concat([r[0] for r in rows]),
+                extra_captions=_concat([r[1] for r in rows]))
+    extra_img, extra_txt = out.pop("extra_images", None), out.pop("extra_captions", None)
     ids = {"image_ids": batch["image_id"] if use_id_positives else None,
            "labels": batch.get("label")}
     if "img_set" in out:
         out = outputs_from_sets(out.pop("img_set"), out.pop("txt_set"), model.scorer, **ids, **out)
     else:
         out = outputs_from_features(out.pop("img_feat"), out.pop("txt_feat"), **ids, **out)
-    for extra in extras:
-        out.update(extra.outputs(model, batch, out))
+    start_img = start_txt = 0
+    for extra, (images, captions) in zip(extras, rows, strict=True):
+        n_img, n_txt = scoring.rows(images), scoring.rows(captions)
+        out.update(extra.outputs(
+            model, batch, out, scoring.take(extra_img, slice(start_img, start_img + n_img)),
+            scoring.take(extra_txt, slice(start_txt, start_txt + n_txt))))
+        start_img, start_txt = start_img + n_img, start_txt + n_txt
     return out
+
+
+def _concat(parts: Sequence[Mapping[str, jax.Array]]) -> dict[str, jax.Array] | None:
+    """The extras' rows of one kind, concatenated field by field (None without extras)."""
+    if not parts:
+        return None
+    return {k: jnp.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def train_step(state: TrainState, batch, *, graphdef, tx, losses, use_id_positives,
