@@ -19,6 +19,7 @@ Arms (``--epochs`` E, 6 by default, the demo's 12-epoch budget halved to fit two
     h_scaled_2x h_scaled at 2E epochs from mh_2x
     teacher_2x  round 2 at E epochs mined by mh_2x (a stronger teacher)
     vsrn        round 1 on VSRN (model=vsrn)         vsrn_adaptive round 2 on VSRN from vsrn
+    vsrn_h_scaled  vsrn_adaptive with h_t / h_i 40 / 8
 
     python benchmarks/aoq_study.py --workdir=workdir/aoq_study --seeds=2
 
@@ -111,17 +112,21 @@ class Lane:
             if "h_scaled_2x" in arms:
                 out.append(self.train("h_scaled_2x", "loss=aoq", mined_2x, "--config.aoq.h_t=40",
                                       "--config.aoq.h_i=8", epochs=2 * self.epochs))
-        if "vsrn_adaptive" in arms:
+        if arms & {"vsrn_adaptive", "vsrn_h_scaled"}:
             out.append(self.train("vsrn", "loss=mh,model=vsrn"))
-            out.append(self.train("vsrn_adaptive", "loss=aoq,model=vsrn",
-                                  self.mine("vsrn", "loss=mh,model=vsrn")))
+            mined_vsrn = self.mine("vsrn", "loss=mh,model=vsrn")
+            if "vsrn_adaptive" in arms:
+                out.append(self.train("vsrn_adaptive", "loss=aoq,model=vsrn", mined_vsrn))
+            if "vsrn_h_scaled" in arms:
+                out.append(self.train("vsrn_h_scaled", "loss=aoq,model=vsrn", mined_vsrn,
+                                      "--config.aoq.h_t=40", "--config.aoq.h_i=8"))
         return out
 
 
 ARMS = ("aoq_zero", "adaptive", "offtri", "offquin", "h_scaled", "finetune", "finetune_mh",
-        "teacher_2x", "adaptive_2x", "h_scaled_2x", "vsrn_adaptive")
+        "teacher_2x", "adaptive_2x", "h_scaled_2x", "vsrn_adaptive", "vsrn_h_scaled")
 BASE = {"mh_2x": None, "vsrn": None, "adaptive_2x": "mh_2x", "h_scaled_2x": "mh_2x",
-        "vsrn_adaptive": "vsrn"}
+        "vsrn_adaptive": "vsrn", "vsrn_h_scaled": "vsrn"}
 
 
 def table(results: list[dict]) -> str:
