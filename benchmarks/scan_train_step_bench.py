@@ -18,8 +18,9 @@ l2norm per region), ``EncoderText`` (``nn.Embedding`` -> bidirectional ``nn.GRU`
 ``xattn_score_t2i`` (a loop over the captions, each attending all the batch's images; from
 ``scan_bench.py``) with ``max_violation``; ``zero_grad; backward; clip_grad_norm_(2); Adam
 step``, batches sorted by length as the authors' ``collate_fn``. Its weights, PyTorch's own
-initialisation, are converted into ours with ``itm_jax.models.convert_weights`` /
-``load_authors_weights`` (the checkpoint path a user takes), so both sides start from the same
+initialisation, are saved as the authors' checkpoint and converted into ours with
+``python -m itm_jax.models.convert_weights scan`` 's reader and ``load_authors_weights`` (the
+path a user takes), so both sides start from the same
 parameters: the losses of the first steps must agree (printed), and the converted model's
 region and word vectors must equal PyTorch's (checked before timing).
 
@@ -131,12 +132,19 @@ def build_torch(config, threads):
 
 
 def convert_into(model, img_enc, txt_enc):
-    """PyTorch's weights into ``model`` the way a user converts the authors' checkpoint."""
-    arrays = {f"{prefix}.{k}": v.detach().numpy().copy()
-              for prefix, enc in (("img_enc", img_enc), ("txt_enc", txt_enc))
-              for k, v in enc.state_dict().items()}
+    """PyTorch's weights into ``model`` as a user converts the authors' checkpoint: saved as
+    their ``train.py`` saves it (the two state_dicts and the argparse options), read back by
+    ``convert_weights`` and loaded by ``load_authors_weights``."""
+    import argparse
+
+    import torch
+
     with tempfile.TemporaryDirectory() as tmp:
-        load_authors_weights(model, convert_weights.write_npz(arrays, f"{tmp}/scan.npz"))
+        torch.save({"model": [img_enc.state_dict(), txt_enc.state_dict()], "epoch": 0,
+                    "opt": argparse.Namespace(data_name="f30k_precomp", bi_gru=True)},
+                   f"{tmp}/model_best.pth.tar")
+        convert_weights.convert("scan", f"{tmp}/model_best.pth.tar", f"{tmp}/scan.npz")
+        load_authors_weights(model, f"{tmp}/scan.npz")
 
 
 def useful_flops(batches, *, embed, word, batch):

@@ -154,7 +154,7 @@ def test_wrong_variant_or_model_or_file_says_what_to_fix(tmp_path):
                                                 rngs=nnx.Rngs(0)), f30k)
     with pytest.raises(TypeError, match="model.image='regions' .* or 'vsrn'"):
         load_authors_weights(build("precomp"), f30k)
-    with pytest.raises(FileNotFoundError, match="convert_weights scan"):
+    with pytest.raises(FileNotFoundError, match=r"convert_weights scan\|bfan\|vsrn model_best"):
         load_authors_weights(coco, tmp_path / "absent.npz")
 
 

@@ -54,8 +54,7 @@ def mine(img_emb, cap_emb, source: CaptionedSource, out_dir, *, h_t: int = 300, 
 
     ``img_emb [N, D]`` / ``cap_emb [M, D]`` embed ``source``'s images and captions (index
     order; a set model's sets with its ``scorer``); its caption->image map and image ids decide
-    the positives, and its
-    ``store.split_fingerprint`` goes into the manifest. ``metadata`` (the teacher checkpoint,
+    the positives, and its ``store.split_fingerprint`` goes into the manifest. ``metadata`` (the teacher checkpoint,
     config hash, dataset name) is stored in the manifest, its ``"dataset"`` entries next to the
     sizes and the split fingerprint. ``keep_work`` keeps the work files. Other arguments: as
     ``kernel.mine_arrays``.

@@ -12,7 +12,9 @@ With round-1 embeddings of every training image ``[N, D]`` and caption ``[M, D]`
 "Own" is decided by image id, not index: caption j is a positive of image i iff
 ``image_ids[cap_to_img[j]] == image_ids[i]``, so duplicate pictures in a split are excluded too.
 Scores are exact float32 dot products (the authors score in fp16, which creates ties); equal
-scores are listed by ascending index. The authors store H_t=2000 / H_i=400 and sample from the
+scores are listed by ascending index. A set model (SCAN, BFAN) passes its sets and its
+``scorer`` instead, and every score block is its attention score (``itm_jax.scoring``); the
+lists are then built from those blocks exactly as below. The authors store H_t=2000 / H_i=400 and sample from the
 first 300 / 60; ``h_t`` and ``h_i`` are parameters here.
 
 Algorithm (``backend="jax"``): each device of a ``data`` mesh axis takes a contiguous range of

@@ -3,9 +3,9 @@
 The teacher is a run directory: its vocabulary, its best checkpoint (``best/``) or else its
 latest (``checkpoints/``), built from the given config (the teacher's model config). A set model
 (SCAN, BFAN) mines with its attention scores: every training pair is scored by attention, far
-more work than a dot product (measured in the README). The
-embeddings are cached in ``out/work/`` until the job finishes, so a resumed job mines the very
-same arrays; the job itself (``itm_jax.aoq.job.mine``) resumes from its saved steps.
+more work than a dot product (measured in the README). The embeddings are cached in
+``out/work/`` until the job finishes, so a resumed job mines the very same arrays; the job
+itself (``itm_jax.aoq.job.mine``) resumes from its saved steps.
 """
 
 from __future__ import annotations

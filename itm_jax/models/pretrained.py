@@ -333,7 +333,7 @@ def load_authors_weights(model: nnx.Module, npz_path: str | os.PathLike) -> nnx.
             "load_authors_weights converts the SCAN, BFAN and VSRN authors' checkpoints: it "
             f"needs model.image='regions' (SCAN / BFAN) or 'vsrn'; got {type(model).__name__}."
         )
-    arrays = _read_npz(npz_path, "scan", "model_best.pth.tar")
+    arrays = _read_npz(npz_path, "scan|bfan|vsrn", "model_best.pth.tar")
     what = (f"VSRN model (vsrn_variant={model.image_encoder.variant!r})" if vsrn
             else "SCAN / BFAN model")
     _assign(model, arrays, authors_names(model), lambda k: k.endswith(".num_batches_tracked"),
